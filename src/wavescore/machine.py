@@ -1,0 +1,367 @@
+"""The score machine: the optimal wavelet-polynomial score, fitted from data moments.
+
+method.md §3-5. ``fit`` is one streaming pass accumulating clean moments; the parameters
+for any sigma then follow in closed form (one batched ridge solve per sigma, cached).
+Conventions follow scikit-learn: constructor arguments are the configuration, ``fit``
+returns self, fitted state ends in ``_`` and ``save``/``load`` round-trip it exactly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ._io import WavescoreError, atomic_path
+from .features import Monomials, monomials
+from .moments import MomentAccumulator, band_standardisation, noise_plan
+from .neighbourhoods import FAMILIES, build_groups
+from .solver import normal_equations, ridge_solve
+from .transform import WaveletTransform
+
+FORMAT = "wavescore-machine"
+FORMAT_VERSION = 1
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 16 << 30
+
+
+def iter_batches(data, batch_size: int) -> Iterable[torch.Tensor]:
+    """A tensor (N, C, H, W) in slices, or an iterable of such tensors (or of (x, label) pairs)."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        _check_images(data)
+        for s in range(0, data.shape[0], batch_size):
+            yield data[s : s + batch_size]
+        return
+    for item in data:
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        if isinstance(item, np.ndarray):
+            item = torch.from_numpy(item)
+        _check_images(item)
+        yield item
+
+
+def _check_images(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise WavescoreError(f"expected images as a torch tensor (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise WavescoreError(
+            f"expected images of shape (N, C, H, W), got shape {tuple(x.shape)}; add a channel axis with x[:, None]"
+            if x.dim() == 3
+            else f"expected images of shape (N, C, H, W), got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise WavescoreError(f"expected float images scaled to [-1, 1], got dtype {x.dtype}")
+
+
+class ScoreMachine:
+    """A wavelet score machine (method.md §3).
+
+    Parameters
+    ----------
+    family : "independent" | "orientation" | "local" | "parent" | "gaussian"
+    degree : P in {1, 2, 3}: all monomials of total degree <= P over the neighbourhood.
+    radius : half-width r of the same-scale (2r+1)x(2r+1) window (local, parent).
+    shared : False: parameters per coefficient; True: one vector per band (and channel),
+        pooled over positions (translation-equivariant, CNN-like).
+    bands : "same" (window in the coefficient's own orientation) or "all" (all three).
+    wavelet, levels : the orthonormal transform (levels=None: as many as stay orthonormal).
+    ridge : Tikhonov lambda relative to the mean diagonal of each Gram.
+
+    Channels (RGB): neighbourhoods stay within a channel and parameters are per channel;
+    only the ``gaussian`` family couples channels (through the full covariance).
+    """
+
+    def __init__(self, family: str = "local", degree: int = 1, radius: int = 1, shared: bool = False,
+                 bands: str = "same", wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
+                 *, batch_size: int = 1000, device: str = "cpu", max_memory: float | None = None):
+        self.family = family
+        self.degree = degree
+        self.radius = radius
+        self.shared = shared
+        self.bands = bands
+        self.wavelet = wavelet
+        self.levels = levels
+        self.ridge = ridge
+        self.batch_size = batch_size
+        self.device = device
+        self.max_memory = max_memory
+        self._validate()
+
+    # ------------------------------------------------------------------ configuration
+    def _validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise WavescoreError(f"unknown family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+        if self.degree not in (1, 2, 3):
+            raise WavescoreError(f"degree must be 1, 2 or 3, got {self.degree!r}")
+        if self.family == "gaussian" and self.degree != 1:
+            raise WavescoreError("the gaussian family is global and linear: use degree=1")
+        if self.ridge < 0:
+            raise WavescoreError(f"ridge must be >= 0, got {self.ridge}")
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in ("family", "degree", "radius", "shared", "bands", "wavelet",
+                                              "levels", "ridge", "batch_size", "device", "max_memory")}
+
+    def __repr__(self) -> str:
+        defaults = ScoreMachine.__new__(ScoreMachine)
+        ScoreMachine.__init__(defaults)
+        args = [f"{k}={v!r}" for k, v in self.get_params().items() if v != getattr(defaults, k)]
+        return f"ScoreMachine({', '.join(args)})"
+
+    @property
+    def name(self) -> str:
+        """Short label, e.g. ``local-r1-P2-shared``."""
+        parts = [self.family]
+        if self.family in ("local", "parent"):
+            parts.append(f"r{self.radius}" + ("all" if self.bands == "all" else ""))
+        parts.append(f"P{self.degree}")
+        if self.shared and self.family != "gaussian":
+            parts.append("shared")
+        return "-".join(parts)
+
+    # ------------------------------------------------------------------ structure
+    def _structure(self, shape: tuple[int, int, int]):
+        transform = WaveletTransform(shape, self.wavelet, self.levels)
+        groups = build_groups(transform.layout, self.family, self.radius, self.bands)
+        feats = [monomials(g.m, self.degree) for g in groups]
+        return transform, groups, feats
+
+    def memory_estimate(self, shape) -> dict:
+        """Bytes this configuration needs for images of ``shape`` (C, H, W), before fitting."""
+        shape = tuple(int(s) for s in shape)
+        transform = WaveletTransform(shape, self.wavelet, self.levels)
+        groups = build_groups(transform.layout, self.family, self.radius, self.bands)
+        from .features import n_features
+
+        total = largest = 0
+        max_f = 0
+        plan = 0
+        for g in groups:
+            F = n_features(g.m, self.degree)
+            rows = 1 if (self.shared or g.nbr.shape[0] == 1) else g.n
+            total += rows * F * F * 8
+            largest = max(largest, rows * F * F * 8)
+            max_f = max(max_f, F)
+            if self.degree > 1:
+                plan = max(plan, F * F * g.m * 8 * 2)
+        batch = 2.5e8
+        # accumulator + solve workspace (noisy Gram, Cholesky factor, clean moments) + feature batch
+        need = total + 3 * largest + plan + batch
+        return {"features": max_f, "groups": len(groups), "moments_bytes": total, "peak_bytes": int(need)}
+
+    def _check_memory(self, shape) -> None:
+        est = self.memory_estimate(shape)
+        budget = self.max_memory if self.max_memory is not None else 0.6 * _physical_memory()
+        if est["peak_bytes"] <= budget:
+            return
+        fits = []
+        for change in ({"shared": True}, {"degree": self.degree - 1}, {"radius": self.radius - 1}):
+            params = {**self.get_params(), **change}
+            if params["degree"] < 1 or params["radius"] < 0 or params == self.get_params():
+                continue
+            alt = ScoreMachine(**params)
+            if alt.memory_estimate(shape)["peak_bytes"] <= budget:
+                fits.append(alt.name)
+        raise WavescoreError(
+            f"{self.name} on images {shape} has {est['features']} features per coefficient and needs about "
+            f"{est['peak_bytes'] / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB allowed; "
+            + (f"these fit: {', '.join(fits)}" if fits else "use shared=True, a lower degree or a smaller radius")
+        )
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data, *, progress: bool = True) -> "ScoreMachine":
+        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
+        from tqdm.auto import tqdm
+
+        self._validate()
+        t0 = time.perf_counter()
+        total = None
+        if isinstance(data, (torch.Tensor, np.ndarray)):
+            total = -(-len(data) // self.batch_size)
+        acc = None
+        bar = tqdm(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}",
+                   unit="batch", disable=not progress, leave=False)
+        for batch in bar:
+            if acc is None:
+                acc = self.new_accumulator(batch)
+            elif tuple(batch.shape[1:]) != self.shape_:
+                raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
+            acc.update(self.transform_.forward(batch.to(torch.float64)))
+        if acc is None:
+            raise WavescoreError("no images to fit: the data is empty")
+        self._set_moments(acc)
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def new_accumulator(self, reference: torch.Tensor) -> MomentAccumulator:
+        """An empty accumulator for images like ``reference``, standardised by its band statistics.
+
+        Shards of a distributed fit must all start from the same reference batch."""
+        _check_images(reference)
+        shape = tuple(int(s) for s in reference.shape[1:])
+        self._check_memory(shape)
+        self.shape_ = shape
+        self.transform_, groups, feats = self._structure(shape)
+        shift, scale = band_standardisation(self.transform_.layout, self.transform_.forward(reference.to(torch.float64)))
+        return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
+
+    def _set_moments(self, acc: MomentAccumulator) -> None:
+        self.moments_ = acc
+        self.n_samples_ = acc.count
+        self._clean = []
+        for k, (g, feats) in enumerate(zip(acc.groups, acc.features)):
+            gram = acc.clean_gram(k)
+            if feats.degree == 1:
+                self._clean.append(gram)
+            else:
+                split = torch.as_tensor(noise_plan(feats).split)
+                self._clean.append(gram[:, split[:, 0], split[:, 1]])
+        self._theta_cache: OrderedDict = OrderedDict()
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "moments_"):
+            raise WavescoreError("this ScoreMachine is not fitted yet: call fit(data) or ScoreMachine.load(path)")
+
+    # ------------------------------------------------------------------ closed form
+    def parameters(self, sigma: float) -> list[torch.Tensor]:
+        """theta*(sigma) per group (method.md §4): (rows, F), or (F, D) for the global family."""
+        self._require_fitted()
+        sigma = float(sigma)
+        if not sigma > 0 or not np.isfinite(sigma):
+            raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        if sigma in self._theta_cache:
+            self._theta_cache.move_to_end(sigma)
+            return self._theta_cache[sigma]
+        acc = self.moments_
+        thetas = []
+        for g, feats, clean in zip(acc.groups, acc.features, self._clean):
+            cols = torch.as_tensor(g.nbr[0])
+            t = sigma / acc.scale[cols]
+            plan = None if feats.degree == 1 else noise_plan(feats)
+            if g.nbr.shape[0] == 1 and g.n > 1:  # global: every output shares the neighbourhood
+                G, b = normal_equations(clean, feats, plan, t, acc.scale[torch.as_tensor(g.out)],
+                                        own_column=torch.as_tensor(g.out))
+                thetas.append(ridge_solve(G, b, self.ridge)[0])
+            else:
+                G, b = normal_equations(clean, feats, plan, t, acc.scale[cols[0]])
+                thetas.append(ridge_solve(G, b, self.ridge))
+        self._theta_cache[sigma] = thetas
+        if len(self._theta_cache) > 256:
+            self._theta_cache.popitem(last=False)
+        return thetas
+
+    def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64."""
+        acc = self.moments_
+        thetas = self.parameters(sigma)
+        u = acc.standardise(w)
+        out = torch.zeros_like(u)
+        for g, feats, theta in zip(acc.groups, acc.features, thetas):
+            nbr = torch.as_tensor(g.nbr)
+            step = max(1, int(1e8 // (nbr.numel() * feats.F * 8)))
+            for s in range(0, u.shape[0], step):
+                phi = feats(u[s : s + step][:, nbr])
+                if theta.dim() == 2 and g.nbr.shape[0] == 1 and g.n > 1:
+                    out[s : s + step, torch.as_tensor(g.out)] = phi[:, 0] @ theta
+                else:
+                    out[s : s + step, torch.as_tensor(g.out)] = (phi * theta).sum(-1)
+        return out
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
+        self._require_fitted()
+        _check_images(x)
+        if tuple(x.shape[1:]) != self.shape_:
+            raise WavescoreError(f"this machine was fitted on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        sig = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if sig.numel() not in (1, x.shape[0]):
+            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
+        if not torch.isfinite(x).all():
+            raise WavescoreError("the input images contain NaN or inf")
+        out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
+        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+        for value in torch.unique(sig):
+            sel = sig == value
+            w = self.transform_.forward(x[sel].to(torch.float64))
+            out[sel] = self.transform_.inverse(self.wavelet_score(w, float(value)))
+        return out.to(x.dtype)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
+        s = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
+        return (x.to(torch.float64) + s2 * self.score(x, sigma).to(torch.float64)).to(x.dtype)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the configuration and clean moments (everything needed for any sigma), atomically."""
+        self._require_fitted()
+        acc = self.moments_
+        header = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "shape": list(self.shape_),
+            "count": acc.count,
+            "groups": len(acc.grams),
+            "fit_time": getattr(self, "fit_time_", None),
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                  "shift": acc.shift.numpy(), "scale": acc.scale.numpy()}
+        for k, gram in enumerate(acc.grams):
+            arrays[f"gram{k}"] = gram.numpy()
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "ScoreMachine":
+        path = Path(path)
+        if not path.exists():
+            raise WavescoreError(f"no machine file at {path}: fit one with `wavescore fit ... -o {path}`")
+        hint = "refit it with `wavescore fit`"
+        if not zipfile.is_zipfile(path):
+            raise WavescoreError(f"{path} is not a wavescore machine (not a .wsm archive; truncated or foreign file): {hint}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                if header.get("format") != FORMAT:
+                    raise WavescoreError(f"{path} is not a wavescore machine (format {header.get('format')!r})")
+                if header.get("version") != FORMAT_VERSION:
+                    raise WavescoreError(f"{path} has machine format version {header.get('version')}, "
+                                         f"this wavescore reads version {FORMAT_VERSION}: {hint}")
+                shift = torch.from_numpy(z["shift"].copy())
+                scale = torch.from_numpy(z["scale"].copy())
+                grams = [torch.from_numpy(z[f"gram{k}"].copy()) for k in range(header["groups"])]
+        except WavescoreError:
+            raise
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+            raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
+        machine = cls(**header["params"])
+        shape = tuple(header["shape"])
+        machine.shape_ = shape
+        machine.transform_, groups, feats = machine._structure(shape)
+        acc = MomentAccumulator(groups, feats, shift, scale, shared=machine.shared)
+        if [g.shape for g in grams] != [g.shape for g in acc.grams]:
+            raise WavescoreError(f"{path} does not match its own configuration (moment shapes differ): {hint}")
+        acc.grams, acc.count = grams, int(header["count"])
+        machine._set_moments(acc)
+        machine.fit_time_ = header.get("fit_time")
+        return machine

@@ -1,0 +1,230 @@
+"""Clean moments in one streaming pass, and their exact noisy counterparts (method.md §5).
+
+Fitting a machine is accumulating, per group of coefficients, the clean feature Gram
+``E[phi(u0) phi(u0)^T]`` in float64. Sums stream over batches and merge across shards
+(count-weighted), so the result of ``a.merge(b)`` equals the accumulator of the union.
+For any noise level the noisy Gram and the Stein vector are then linear in these clean
+moments (:class:`NoisePlan`), with no noise sampling and no further pass over the data.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+from math import comb
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ._io import WavescoreError
+from .features import Monomials
+from .neighbourhoods import Group
+from .transform import Layout
+
+
+def gaussian_moment(n: int) -> int:
+    """E[z^n] for z ~ N(0, 1): (n-1)!! for even n, 0 for odd n."""
+    if n % 2:
+        return 0
+    out = 1
+    for k in range(n - 1, 0, -2):
+        out *= k
+    return out
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """How the moments of ``u_t = u0 + t * z`` (per-variable noise ``t_l``) follow from
+    clean moments, for one feature set (method.md §5):
+
+        E[prod_l (u0_l + t_l z_l)^s_l] = sum_{c <= s, s-c even} prod_l binom(s_l, c_l) m(s_l - c_l) t_l^(s_l - c_l) E[u0^c]
+
+    ``sums`` are the exponents s = a + b of every feature pair (the Gram entries), and
+    ``split[k]`` a feature pair whose product is ``sums[k]`` (where a clean moment is read
+    from the clean Gram). Expansion entries: ``(row, col, coef, diff)``. The Stein vector
+    ``b_a = E[d phi_a / d u_own]`` uses ``deriv_*``: feature a, sum index of a - e_own, a_own.
+    """
+
+    pair_index: np.ndarray  # (F, F) -> index into sums
+    sums: np.ndarray  # (S, m)
+    split: np.ndarray  # (S, 2)
+    row: np.ndarray
+    col: np.ndarray
+    coef: np.ndarray
+    diff: np.ndarray  # (nnz, m)
+    deriv_feature: np.ndarray
+    deriv_sum: np.ndarray
+    deriv_coef: np.ndarray
+
+    def noisy(self, clean: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean moments (n, S) -> noisy moments (n, S) at per-variable noise std t (m,)."""
+        diff = torch.as_tensor(self.diff, dtype=clean.dtype, device=clean.device)
+        logt = torch.log(t.to(clean.dtype))
+        factor = torch.exp(diff @ logt) if diff.shape[0] else diff.new_zeros(0)
+        # t^0 must be exactly 1 even where t is 0 (log t = -inf).
+        factor = torch.where(diff.sum(1) == 0, torch.ones_like(factor), factor)
+        vals = torch.as_tensor(self.coef, dtype=clean.dtype, device=clean.device) * factor
+        rows = torch.as_tensor(self.row, device=clean.device)
+        cols = torch.as_tensor(self.col, device=clean.device)
+        if clean.shape[0] * len(self.row) < 2e7:
+            return torch.zeros_like(clean).index_add_(1, rows, clean[:, cols] * vals)
+        size = clean.shape[1]  # large: a sparse (S, S) operator instead of an (n, nnz) gather
+        k = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (size, size)).coalesce()
+        return torch.sparse.mm(k, clean.T).T
+
+
+@lru_cache(maxsize=64)
+def _plan_cached(key: bytes, F: int, m: int) -> NoisePlan:
+    exps = np.frombuffer(key, dtype=np.int64).reshape(F, m)
+    return _build_plan(exps)
+
+
+def noise_plan(feats: Monomials) -> NoisePlan:
+    return _plan_cached(feats.exps.tobytes(), feats.F, feats.m)
+
+
+def _build_plan(exps: np.ndarray) -> NoisePlan:
+    F, m = exps.shape
+    pair = (exps[:, None, :] + exps[None, :, :]).reshape(F * F, m)
+    sums, first, inverse = np.unique(pair, axis=0, return_index=True, return_inverse=True)
+    pair_index = inverse.reshape(F, F)
+    split = np.stack(np.divmod(first, F), axis=1)
+    lookup = {tuple(s): k for k, s in enumerate(sums)}
+    rows, cols, coefs, diffs = [], [], [], []
+    for k, s in enumerate(sums):
+        nz = np.nonzero(s)[0]
+        # every c <= s with s - c even in each variable
+        choices = [range(s[l] % 2, s[l] + 1, 2) for l in nz]
+        for cs in itertools.product(*choices):
+            c = s.copy()
+            c[nz] = cs
+            d = s - c
+            coef = 1
+            for l in nz:
+                coef *= comb(int(s[l]), int(c[l])) * gaussian_moment(int(d[l]))
+            rows.append(k)
+            cols.append(lookup[tuple(c)])
+            coefs.append(float(coef))
+            diffs.append(d)
+    deriv_f = np.nonzero(exps[:, 0] > 0)[0]
+    lowered = exps[deriv_f].copy()
+    lowered[:, 0] -= 1
+    deriv_s = np.array([lookup[tuple(e)] for e in lowered], dtype=np.int64)
+    return NoisePlan(
+        pair_index=pair_index,
+        sums=sums,
+        split=split,
+        row=np.asarray(rows, dtype=np.int64),
+        col=np.asarray(cols, dtype=np.int64),
+        coef=np.asarray(coefs),
+        diff=np.asarray(diffs, dtype=np.int64).reshape(-1, m),
+        deriv_feature=deriv_f,
+        deriv_sum=deriv_s,
+        deriv_coef=exps[deriv_f, 0].astype(np.float64),
+    )
+
+
+def band_standardisation(layout: Layout, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (band, channel) mean and std of a batch of coefficients, broadcast to (D,).
+
+    Only conditioning: polynomial features of degree <= P span the same space under any
+    per-variable affine map, so the optimum does not depend on these constants. Per band
+    (not per coefficient) keeps a shared parameter vector translation-equivariant.
+    """
+    w = w.to(torch.float64)
+    shift = torch.zeros(layout.size, dtype=torch.float64)
+    scale = torch.ones(layout.size, dtype=torch.float64)
+    for b in layout.bands:
+        for c in range(layout.channels):
+            sl = b.channel_slice(c)
+            block = w[:, sl]
+            mu, sd = block.mean(), block.std(unbiased=False)
+            shift[sl] = mu
+            scale[sl] = sd if sd > 1e-8 * (1 + mu.abs()) else 1.0
+    return shift, scale
+
+
+class MomentAccumulator:
+    """Streaming float64 sums of the clean feature Gram per group.
+
+    ``shared=False``: one (F, F) Gram per output coefficient; ``shared=True``: one per
+    group, pooled over positions. A group whose neighbourhood has one row for many outputs
+    (the global Gaussian family) keeps a single Gram either way.
+    """
+
+    def __init__(self, groups: Sequence[Group], features: Sequence[Monomials], shift: torch.Tensor,
+                 scale: torch.Tensor, shared: bool = False, max_batch_bytes: float = 2.5e8):
+        if len(groups) != len(features):
+            raise ValueError("one feature set per group")
+        self.groups, self.features = list(groups), list(features)
+        self.shift, self.scale = shift.to(torch.float64), scale.to(torch.float64)
+        self.shared = bool(shared)
+        self.max_batch_bytes = max_batch_bytes
+        self.count = 0
+        self.grams = [torch.zeros(self._rows(g), f.F, f.F, dtype=torch.float64) for g, f in zip(groups, features)]
+
+    def _rows(self, g: Group) -> int:
+        return 1 if (self.shared or g.nbr.shape[0] == 1) else g.n
+
+    def standardise(self, w: torch.Tensor) -> torch.Tensor:
+        return (w.to(torch.float64) - self.shift.to(w.device)) / self.scale.to(w.device)
+
+    def update(self, w: torch.Tensor) -> "MomentAccumulator":
+        """Add a batch of clean coefficients (N, D)."""
+        if not torch.isfinite(w).all():
+            raise WavescoreError("the data contain NaN or inf values: clean or drop those images before fitting")
+        u = self.standardise(w).cpu()
+        for g, feats, gram in zip(self.groups, self.features, self.grams):
+            nbr = torch.as_tensor(g.nbr)
+            per_image = nbr.numel() * feats.F * 8 * 2
+            step = max(1, int(self.max_batch_bytes // per_image))
+            for s in range(0, u.shape[0], step):
+                phi = feats(u[s : s + step][:, nbr])  # (n, rows, F)
+                if gram.shape[0] == 1:
+                    flat = phi.reshape(-1, feats.F)
+                    gram[0] += flat.T @ flat
+                else:
+                    gram += phi.permute(1, 2, 0) @ phi.permute(1, 0, 2)
+        self.count += int(w.shape[0])
+        return self
+
+    def _check_compatible(self, other: "MomentAccumulator") -> None:
+        same = (
+            self.shared == other.shared
+            and len(self.grams) == len(other.grams)
+            and all(a.shape == b.shape for a, b in zip(self.grams, other.grams))
+            and torch.equal(self.shift, other.shift)
+            and torch.equal(self.scale, other.scale)
+        )
+        if not same:
+            raise WavescoreError(
+                "cannot merge moment accumulators of different machines: they must share the family, "
+                "degree, image shape and standardisation (create shards with the same reference batch)"
+            )
+
+    def merge(self, other: "MomentAccumulator") -> "MomentAccumulator":
+        """A new accumulator holding the moments of both datasets."""
+        self._check_compatible(other)
+        out = self.empty_like()
+        out.count = self.count + other.count
+        out.grams = [a + b for a, b in zip(self.grams, other.grams)]
+        return out
+
+    __add__ = merge
+
+    def empty_like(self) -> "MomentAccumulator":
+        out = MomentAccumulator.__new__(MomentAccumulator)
+        out.groups, out.features, out.shared = self.groups, self.features, self.shared
+        out.shift, out.scale, out.max_batch_bytes = self.shift, self.scale, self.max_batch_bytes
+        out.count = 0
+        out.grams = [torch.zeros_like(gm) for gm in self.grams]
+        return out
+
+    def clean_gram(self, k: int) -> torch.Tensor:
+        """Mean clean Gram of group k: (rows, F, F)."""
+        if self.count == 0:
+            raise WavescoreError("no data has been accumulated: call fit with at least one image")
+        g = self.groups[k]
+        pooled = self.shared and g.nbr.shape[0] > 1
+        return self.grams[k] / (self.count * (g.n if pooled else 1))

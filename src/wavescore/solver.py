@@ -1,0 +1,68 @@
+"""The closed-form optimum: G(s), b(s) from clean moments, then batched ridge solves.
+
+method.md §4: ``theta*(s) = -(G(s) + lambda I)^{-1} b(s)`` with ``G = E[phi(w_s) phi(w_s)^T]``
+and ``b = E[d phi / d w_own]`` (Stein's identity); method.md §5 gives both as polynomials
+in s^2 over clean moments.
+"""
+from __future__ import annotations
+
+import torch
+
+from .features import Monomials
+from .moments import NoisePlan
+
+
+def normal_equations(clean: torch.Tensor, feats: Monomials, plan: NoisePlan | None, t: torch.Tensor,
+                     own_scale: torch.Tensor, own_column: torch.Tensor | None = None):
+    """Noisy Gram ``G`` (rows, F, F) and Stein right-hand side ``b`` at noise std ``t`` (m,) per
+    variable (in standardised units, t_l = sigma / scale_l).
+
+    ``clean`` is the clean Gram (rows, F, F) when ``plan`` is None (degree 1), else the clean
+    moments of ``plan.sums`` (rows, S). ``b`` is (rows, F), or (rows, F, K) when
+    ``own_column`` (K,) names K outputs that share one neighbourhood (the global family);
+    ``own_scale`` converts d/du to d/dw for each output (method.md §4, chain rule).
+    """
+    if plan is None:
+        # Degree 1: only E[u_l^2] gains noise, t_l^2 (method.md §5 with P=1).
+        G = clean.clone()
+        idx = torch.arange(1, feats.F, device=clean.device)
+        G[:, idx, idx] += t.to(G.dtype) ** 2
+    else:
+        noisy = plan.noisy(clean, t)
+        G = noisy[:, torch.as_tensor(plan.pair_index, device=clean.device)]
+    rows, F = G.shape[0], feats.F
+    if own_column is None:
+        b = G.new_zeros(rows, F)
+        if plan is None:
+            b[:, 1] = 1.0
+        else:
+            coef = torch.as_tensor(plan.deriv_coef, dtype=G.dtype, device=G.device)
+            b[:, torch.as_tensor(plan.deriv_feature, device=G.device)] = coef * noisy[:, torch.as_tensor(plan.deriv_sum, device=G.device)]
+        b = b / own_scale.to(G.dtype)
+    else:
+        if plan is not None:
+            raise NotImplementedError("several outputs per neighbourhood are supported at degree 1 only")
+        k = own_column.shape[0]
+        b = G.new_zeros(rows, F, k)
+        b[:, 1 + own_column, torch.arange(k, device=G.device)] = 1.0 / own_scale.to(G.dtype)
+    return G, b
+
+
+def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
+    """theta = -(G + lambda I)^{-1} b, batched, lambda = ridge * mean(diag G) per system.
+
+    Cholesky first; systems it rejects (singular Grams, e.g. MNIST's constant border
+    coefficients at tiny sigma with ridge 0) fall back to a symmetric pseudo-inverse, so
+    the result never holds NaN.
+    """
+    vec = b.dim() == 2
+    rhs = b.unsqueeze(-1) if vec else b
+    scale = G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(G.dtype).tiny)
+    A = G + (ridge * scale)[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    x = torch.cholesky_solve(rhs, L)
+    bad = (info != 0) | ~torch.isfinite(x).flatten(1).all(1)
+    if bad.any():
+        x[bad] = torch.linalg.pinv(A[bad], hermitian=True) @ rhs[bad]
+    x = -x
+    return x.squeeze(-1) if vec else x
