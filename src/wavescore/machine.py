@@ -204,7 +204,7 @@ class ScoreMachine:
             acc.update(self.transform_.forward(batch.to(torch.float64)))
         if acc is None:
             raise WavescoreError("no images to fit: the data is empty")
-        self._set_moments(acc)
+        self.set_moments(acc)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
@@ -220,7 +220,8 @@ class ScoreMachine:
         shift, scale = band_standardisation(self.transform_.layout, self.transform_.forward(reference.to(torch.float64)))
         return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
 
-    def _set_moments(self, acc: MomentAccumulator) -> None:
+    def set_moments(self, acc: MomentAccumulator) -> "ScoreMachine":
+        """Adopt accumulated moments (e.g. merged shards): the machine is then fitted."""
         self.moments_ = acc
         self.n_samples_ = acc.count
         self._clean = []
@@ -232,6 +233,7 @@ class ScoreMachine:
                 split = torch.as_tensor(noise_plan(feats).split)
                 self._clean.append(gram[:, split[:, 0], split[:, 1]])
         self._theta_cache: OrderedDict = OrderedDict()
+        return self
 
     def _require_fitted(self) -> None:
         if not hasattr(self, "moments_"):
@@ -362,6 +364,6 @@ class ScoreMachine:
         if [g.shape for g in grams] != [g.shape for g in acc.grams]:
             raise WavescoreError(f"{path} does not match its own configuration (moment shapes differ): {hint}")
         acc.grams, acc.count = grams, int(header["count"])
-        machine._set_moments(acc)
+        machine.set_moments(acc)
         machine.fit_time_ = header.get("fit_time")
         return machine
