@@ -1,0 +1,100 @@
+"""Reverse-diffusion samplers for anything with ``denoise(x, sigma)``.
+
+Variance-exploding (EDM) convention, ``x_s = x_0 + s z`` (method.md §1). The probability-flow
+ODE is ``dx/ds = (x - D(x, s)) / s`` (Karras et al. 2022, eq. 3 with s(t)=1, sigma(t)=t).
+Each sampler is one short function with its update rule visible.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ._io import WavescoreError
+
+
+def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0."""
+    if steps < 1:
+        raise WavescoreError(f"steps must be >= 1, got {steps}")
+    i = torch.arange(steps, dtype=torch.float64)
+    frac = i / max(steps - 1, 1)
+    s = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+
+
+def _d(model, x, s):
+    """ODE direction (x - D(x, s)) / s."""
+    return (x - model.denoise(x, float(s))) / s
+
+
+def euler(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None) -> torch.Tensor:
+    """x_{i+1} = x_i + (s_{i+1} - s_i) d(x_i, s_i)."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (s_next - s) * _d(model, x, s)
+    return x
+
+
+def heun(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None) -> torch.Tensor:
+    """EDM Algorithm 1: Euler step, then the trapezoidal correction (except into sigma = 0)."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d = _d(model, x, s)
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            x_next = x + (s_next - s) * 0.5 * (d + _d(model, x_next, s_next))
+        x = x_next
+    return x
+
+
+def edm_stochastic(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None, *, s_churn: float = 40.0,
+                   s_tmin: float = 0.05, s_tmax: float = 50.0, s_noise: float = 1.003) -> torch.Tensor:
+    """EDM Algorithm 2: raise the noise to s_hat = s (1 + gamma), then one Heun step from s_hat."""
+    n = len(sigmas) - 1
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype) * s_noise
+            x = x + torch.sqrt(s_hat**2 - s**2) * eps
+        d = _d(model, x, s_hat)
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:
+            x_next = x + (s_next - s_hat) * 0.5 * (d + _d(model, x_next, s_next))
+        x = x_next
+    return x
+
+
+def ddim(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None, *, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021) in VE form: x_{i+1} = D + sqrt(s_{i+1}^2 - c^2) (x - D) / s_i + c eps,
+    c = eta s_{i+1} sqrt(1 - s_{i+1}^2 / s_i^2). With eta = 0 it is the Euler step of the ODE."""
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        den = model.denoise(x, float(s))
+        c = eta * s_next * torch.sqrt(1 - (s_next / s) ** 2)
+        x = den + torch.sqrt(s_next**2 - c**2) * (x - den) / s
+        if c > 0:
+            x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {"heun": heun, "euler": euler, "edm": edm_stochastic, "ddim": ddim}
+
+
+def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int = 0, shape=None,
+           sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, noise: torch.Tensor | None = None,
+           **kwargs) -> torch.Tensor:
+    """Draw ``n`` samples (n, C, H, W) by reverse diffusion from ``sigma_max`` to 0.
+
+    ``shape`` defaults to the model's ``shape_`` (a fitted machine knows it). The same
+    ``seed`` (or the same ``noise``) gives the same samples for every model.
+    """
+    if sampler not in SAMPLERS:
+        raise WavescoreError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    shape = tuple(shape or getattr(model, "shape_", ()) or ())
+    if len(shape) != 3:
+        raise WavescoreError("give the image shape (C, H, W): this model does not know it")
+    gen = torch.Generator().manual_seed(seed)
+    sigmas = edm_sigmas(steps, sigma_min, sigma_max, rho)
+    z = noise if noise is not None else torch.randn((n, *shape), generator=gen, dtype=torch.float64)
+    x = z.to(torch.float64) * sigmas[0]
+    return SAMPLERS[sampler](model, x, sigmas, generator=gen, **kwargs)
