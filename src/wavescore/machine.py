@@ -80,7 +80,7 @@ class ScoreMachine:
         pooled over positions (translation-equivariant, CNN-like).
     bands : "same" (window in the coefficient's own orientation) or "all" (all three).
     wavelet, levels : the orthonormal transform (levels=None: as many as stay orthonormal).
-    ridge : Tikhonov lambda relative to the mean diagonal of each Gram.
+    ridge : Tikhonov lambda relative to each feature's noisy second moment (Jacobi-scaled).
 
     Channels (RGB): neighbourhoods stay within a channel and parameters are per channel;
     only the ``gaussian`` family couples channels (through the full covariance).
@@ -233,6 +233,7 @@ class ScoreMachine:
                 split = torch.as_tensor(noise_plan(feats).split)
                 self._clean.append(gram[:, split[:, 0], split[:, 1]])
         self._theta_cache: OrderedDict = OrderedDict()
+        self._eig = None
         return self
 
     def _require_fitted(self) -> None:
@@ -255,10 +256,8 @@ class ScoreMachine:
             cols = torch.as_tensor(g.nbr[0])
             t = sigma / acc.scale[cols]
             plan = None if feats.degree == 1 else noise_plan(feats)
-            if g.nbr.shape[0] == 1 and g.n > 1:  # global: every output shares the neighbourhood
-                G, b = normal_equations(clean, feats, plan, t, acc.scale[torch.as_tensor(g.out)],
-                                        own_column=torch.as_tensor(g.out))
-                thetas.append(ridge_solve(G, b, self.ridge)[0])
+            if g.nbr.shape[0] == 1 and g.n > 1:  # global linear: every output shares the neighbourhood
+                thetas.append(self._global_linear_theta(clean[0], sigma))
             else:
                 G, b = normal_equations(clean, feats, plan, t, acc.scale[cols[0]])
                 thetas.append(ridge_solve(G, b, self.ridge))
@@ -266,6 +265,28 @@ class ScoreMachine:
         if len(self._theta_cache) > 256:
             self._theta_cache.popitem(last=False)
         return thetas
+
+    def _global_linear_theta(self, clean: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Gaussian score -(Sigma + s^2 I)^{-1}(w - mu) (method.md §5, P=1 gaussian) as theta (F, D).
+
+        One eigendecomposition of the clean covariance serves every sigma, so a sampler's
+        steps cost a matrix product each instead of a (D+1)-sized solve.
+        """
+        acc = self.moments_
+        if getattr(self, "_eig", None) is None:
+            m = clean[0, 1:]
+            cov_u = clean[1:, 1:] - torch.outer(m, m)
+            cov_w = acc.scale[:, None] * cov_u * acc.scale[None, :]
+            lam, vec = torch.linalg.eigh(cov_w)
+            self._eig = (lam.clamp_min(0), vec, acc.shift + acc.scale * m)
+        lam, vec, mu_w = self._eig
+        inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
+        a = (vec * inv) @ vec.T  # (Sigma + s^2 I)^{-1}
+        # c = -A (w - mu) with w = shift + scale * u, written over the features [1, u].
+        theta = torch.empty(a.shape[0] + 1, a.shape[0], dtype=a.dtype)
+        theta[0] = -(a @ (acc.shift - mu_w))
+        theta[1:] = -(acc.scale[:, None] * a)
+        return theta
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64."""
