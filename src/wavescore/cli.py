@@ -151,8 +151,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     write_json(out.with_suffix(".json"), meta)
     print(f"{args.n} samples from {name} in {seconds:.1f}s -> {out}, {npz}")
     if args.quality:
-        q = meta["quality"]
-        print(json.dumps({k: v for k, v in q.items() if not isinstance(v, (list, dict))}, indent=1))
+        print(_quality_summary(meta["quality"]))
 
 
 def _cmd_sample_quality(args: argparse.Namespace) -> None:
@@ -169,7 +168,20 @@ def _cmd_sample_quality(args: argparse.Namespace) -> None:
     out = Path(args.output)
     q = sample_quality(x, args.data, figure=out.with_suffix(".png"))
     write_json(out, {"command": " ".join(sys.argv), "samples": args.samples, "data": args.data, **q})
-    print(json.dumps({k: v for k, v in q.items() if not isinstance(v, (list, dict))}, indent=1))
+    print(_quality_summary(q))
+
+
+def _quality_summary(q: dict) -> str:
+    nn, wp, clf = q["nearest_train_distance"], q["wavelet_packet_fd"], q["classifier_fd"]
+    lines = [f"nearest-train RMS distance: samples median {nn['samples_median']:.3f}, test median {nn['test_median']:.3f}, "
+             f"samples closer than the test's 1st percentile {100 * nn['samples_below_test_1pct']:.1f}%",
+             f"wavelet-packet FD: {wp['samples']:.3f} (held-out test reference {wp['test_reference']:.3f})"]
+    if "samples" in clf:
+        lines.append(f"classifier FD: {clf['samples']:.3f} (reference {clf['test_reference']:.3f}; classifier test "
+                     f"accuracy {100 * clf['classifier_test_accuracy']:.1f}%), class histogram {clf['class_histogram']}")
+    else:
+        lines.append(f"classifier FD: skipped ({clf['skipped']})")
+    return "\n".join(lines)
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:

@@ -51,18 +51,23 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(ca @ cb)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # A tiny jitter keeps sqrtm defined when a feature is constant (singular covariance).
+    eps = 1e-10 * max(np.trace(ca), np.trace(cb), 1e-12) * np.eye(len(ca))
+    covmean = linalg.sqrtm((ca + eps) @ (cb + eps))
     covmean = covmean.real if np.iscomplexobj(covmean) else covmean
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
 
 
-def wavelet_packet_features(x: torch.Tensor, depth: int = 3) -> np.ndarray:
-    """Log mean energy of every subband of a depth-``depth`` Haar packet tree: (N, C * 4^depth)."""
+def wavelet_packet_features(x: torch.Tensor, depth: int | None = None) -> np.ndarray:
+    """Log mean energy of every subband of a Haar packet tree: (N, C * 4^depth).
+
+    ``depth=None`` goes as deep as keeps every subband at least 4x4 (at most 3): a log
+    energy of one or two coefficients is too heavy-tailed for a Gaussian (Frechet) fit."""
     x = x.to(torch.float64)
     n, c, h, w = x.shape
-    if h % (1 << depth) or w % (1 << depth):
-        depth = min(depth, int(math.log2(math.gcd(h, w))))
+    most = max(0, int(math.log2(math.gcd(h, w))) - 2)
+    depth = min(3, most) if depth is None else min(depth, int(math.log2(math.gcd(h, w))))
     bands = [x]
     for level in range(depth):
         t = WaveletTransform((c, h >> level, w >> level), "haar", 1)
@@ -121,6 +126,8 @@ def train_classifier(data: str, *, epochs: int = 2, seed: int = 0, progress: boo
         except Exception:  # a broken cache entry is retrained, not fatal
             path.unlink()
     torch.manual_seed(seed)
+    # Small sets (digits) need more passes: at least 400 optimiser steps in all.
+    epochs = max(epochs, math.ceil(400 / math.ceil(len(x) / 128)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     t0 = time.perf_counter()
     for epoch in range(epochs):
