@@ -205,6 +205,63 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sample_quality)
 
 
+# ----------------------------------------------------------------------------- compare
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from . import datasets
+    from ._io import write_json
+    from .compare import compare_models, plot_r2
+    from .evaluation import parse_sigmas
+    from .models import REFERENCE_KINDS, load_model
+
+    sigmas = parse_sigmas(args.sigmas)
+    models = {}
+    for spec in args.models:
+        name, model = load_model(spec, data=args.data, limit=args.train_limit)
+        models[name] = model
+    refs = args.reference or [n for n, m in models.items() if getattr(m, "kind_", "") in REFERENCE_KINDS]
+    if not refs:
+        raise WavescoreError("no reference to compare against: add a network (.pt), 'empirical' or 'els', or --reference")
+    train = datasets.load_dataset(args.data, "train", limit=args.n)
+    test = datasets.load_dataset(args.data, args.split, limit=args.n)
+    result = compare_models(models, refs, train, test, sigmas, seed=args.seed, n_samples=args.samples,
+                            steps=args.steps)
+    finals = result.pop("_finals", None)
+    result.update(data=str(args.data), command=" ".join(sys.argv))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", result)
+    plot_r2(result, out / "r2_denoiser.png", "denoiser")
+    plot_r2(result, out / "r2_score.png", "score")
+    if finals:
+        from .plots import save_image_grid
+        import torch
+
+        k = min(8, args.samples)
+        save_image_grid(torch.cat([f[:k] for f in finals.values()]), out / "samples.png", ncol=k)
+    for ref, rows in result["r2"].items():
+        print(f"R² of the denoiser output against {ref}:")
+        print(f"{'model':28s} " + " ".join(f"{s:>7g}" for s in sigmas))
+        for name, v in rows.items():
+            print(f"{name:28s} " + " ".join(f"{x:7.3f}" for x in v["denoiser"]))
+    print(f"wrote {out}/compare.json and plots")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="MSE on train/test and R² of each machine against networks / empirical / ELS")
+    p.add_argument("--models", nargs="+", required=True, help="*.wsm, *.pt, empirical, els")
+    p.add_argument("--reference", nargs="*", help="names of the references (default: every non-machine model)")
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sigmas", default="0.02,0.05,0.1,0.2,0.5,1,2,5")
+    p.add_argument("-n", type=int, default=1000, help="images per split (default 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="training images for empirical/els (default all)")
+    p.add_argument("--samples", type=int, default=0, help="also sample this many from shared initial noise")
+    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="compare", help="output folder")
+    p.set_defaults(func=_cmd_compare)
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -219,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Later modules (fit, evaluate, ...) register their subcommand adders here.
-_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample]
+_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,43 @@
-"""Turn a model spec from the command line into an object with ``denoise(x, sigma)``."""
+"""Turn a model spec from the command line into an object with ``denoise(x, sigma)``.
+
+Specs: ``path.wsm`` (a score machine), ``path.pt`` (a trained network checkpoint),
+``empirical`` (the memorising optimum on the training split of ``data``), ``els`` (the
+equivariant local score machine on that split).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ._io import WavescoreError
 
+REFERENCE_KINDS = ("network", "empirical", "els")
 
-def load_model(spec: str, data=None):
-    """``path.wsm`` -> ScoreMachine. Returns ``(name, model)``."""
+
+def load_model(spec: str, data=None, *, limit: int | None = None):
+    """Returns ``(name, model)``; ``model.kind_`` says "machine", "network", "empirical" or "els"."""
     path = Path(spec)
+    if spec in ("empirical", "els"):
+        if data is None:
+            raise WavescoreError(f"model {spec!r} needs training data: pass --data")
+        from . import baselines
+        from .datasets import load_dataset
+
+        train = load_dataset(data, "train", limit=limit)
+        model = baselines.EmpiricalDenoiser(train) if spec == "empirical" else baselines.ELSDenoiser(train)
+        model.kind_ = spec
+        model.shape_ = tuple(train.shape[1:])
+        return spec, model
+    if path.suffix == ".pt":
+        from .networks import load_network
+
+        model = load_network(path)
+        model.kind_ = "network"
+        return path.stem, model
     if path.suffix == ".wsm" or (path.exists() and path.is_file()):
         from .machine import ScoreMachine
 
         m = ScoreMachine.load(path)
+        m.kind_ = "machine"
         return m.name, m
-    raise WavescoreError(f"cannot load model {spec!r}: give a machine file (.wsm) written by `wavescore fit`")
+    raise WavescoreError(f"cannot load model {spec!r}: give a machine (.wsm), a network checkpoint (.pt), "
+                         "'empirical' or 'els'")
