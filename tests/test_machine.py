@@ -9,7 +9,15 @@ from wavescore import ScoreMachine, WavescoreError
 from wavescore.features import monomials, n_features
 from wavescore.moments import noise_plan
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These closed-form checks run in float64; restore the default for other test files."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _exact_gaussian_data(n, d, seed=0):
