@@ -212,3 +212,17 @@ def test_array_edge_cases(tmp_path):
     np.save(tmp_path / "r.npy", np.zeros((2, 5, 7, 3), np.uint8))  # odd sides, channel-last RGB
     x = load_dataset(str(tmp_path / "r.npy"))
     assert x.shape == (2, 3, 8, 8) and (x[..., 0, :] == -1).all() and (x[..., -1, :] == -1).all()
+
+
+def test_save_image_grid_grey_and_rgb(tmp_path):
+    from PIL import Image
+
+    from wavescore import plots
+
+    for c, mode in [(1, "L"), (3, "RGB")]:
+        x = torch.linspace(-1, 1, 4 * c * 8 * 8).reshape(4, c, 8, 8)
+        out = plots.save_image_grid(x, tmp_path / f"g{c}.png", scale=1)
+        im = Image.open(out)
+        assert im.mode == mode and im.size == (2 * 9 + 1, 2 * 9 + 1)
+        arr = np.asarray(im)
+        assert arr[1, 1].min() == 0 and arr.max() == 255  # -1 -> black, +1 -> white

