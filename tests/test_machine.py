@@ -224,3 +224,21 @@ def test_memory_refusal_names_features_and_alternatives():
     assert est["features"] == n_features(27, 3) == 4060
     with pytest.raises(WavescoreError, match=r"4060 features.*GiB.*these fit: local-r0all-P3"):
         m.fit(torch.randn(4, 1, 32, 32), progress=False)
+
+
+def test_restricted_subfamily_equals_smaller_fit():
+    """Sub-family moments are sub-blocks: restricting a parent fit to the own coefficient
+    reproduces the independent family exactly, and to same-position terms the orientation one."""
+    x = torch.randn(300, 1, 8, 8)
+    x[:, :, 2:6, 2:6] += torch.randn(300, 1, 1, 1)  # some cross-coefficient dependence
+    big = ScoreMachine(family="parent", degree=2, bands="all").fit(x, progress=False)
+
+    def only(allowed):
+        return lambda exps, roles: (exps[:, [k for k, r in enumerate(roles) if r not in allowed]] == 0).all(1)
+
+    xs = torch.randn(3, 1, 8, 8)
+    for allowed, small in [({"own"}, dict(family="independent", degree=2)),
+                           ({"own", "orientation"}, dict(family="orientation", degree=2))]:
+        ref = ScoreMachine(**small).fit(x, progress=False)
+        assert torch.allclose(big.restrict(only(allowed)).denoise(xs, 0.3), ref.denoise(xs, 0.3), atol=1e-10)
+    assert not torch.allclose(big.denoise(xs, 0.3), ref.denoise(xs, 0.3), atol=1e-4)

@@ -234,6 +234,7 @@ class ScoreMachine:
                 self._clean.append(gram[:, split[:, 0], split[:, 1]])
         self._theta_cache: OrderedDict = OrderedDict()
         self._eig = None
+        self.keep_ = None
         return self
 
     def _require_fitted(self) -> None:
@@ -256,15 +257,66 @@ class ScoreMachine:
             cols = torch.as_tensor(g.nbr[0])
             t = sigma / acc.scale[cols]
             plan = None if feats.degree == 1 else noise_plan(feats)
+            keep = None if self.keep_ is None else self.keep_[len(thetas)]
             if g.nbr.shape[0] == 1 and g.n > 1:  # global linear: every output shares the neighbourhood
+                if keep is not None:
+                    raise WavescoreError("feature restrictions apply to neighbourhood families, not 'gaussian'")
                 thetas.append(self._global_linear_theta(clean[0], sigma))
             else:
                 G, b = normal_equations(clean, feats, plan, t, acc.scale[cols[0]])
-                thetas.append(ridge_solve(G, b, self.ridge))
+                if keep is None:
+                    thetas.append(ridge_solve(G, b, self.ridge))
+                else:
+                    # A sub-family's moments are a sub-block of the full Gram: one smaller solve.
+                    idx = torch.as_tensor(np.nonzero(keep)[0])
+                    theta = G.new_zeros(b.shape)
+                    theta[:, idx] = ridge_solve(G[:, idx][:, :, idx], b[:, idx], self.ridge)
+                    thetas.append(theta)
         self._theta_cache[sigma] = thetas
         if len(self._theta_cache) > 256:
             self._theta_cache.popitem(last=False)
         return thetas
+
+    # ------------------------------------------------------------------ sub-families
+    def feature_roles(self) -> list[list[str]]:
+        """Per group, the role of each neighbourhood variable: "own", "orientation" (same
+        position, other orientation), "neighbour" (same level, other position) or "parent"
+        (coarser level, or the approximation covering the coarsest details)."""
+        self._require_fitted()
+        lay = self.transform_.layout
+        roles = []
+        for g in self.moments_.groups:
+            i, row = g.out[0], g.nbr[0]
+            r = []
+            for l, j in enumerate(row):
+                if l == 0:
+                    r.append("own")
+                elif lay.level[j] != lay.level[i] or (lay.orient[j] == 0) != (lay.orient[i] == 0):
+                    r.append("parent")
+                elif lay.row[j] == lay.row[i] and lay.col[j] == lay.col[i]:
+                    r.append("orientation")
+                else:
+                    r.append("neighbour")
+            roles.append(r)
+        return roles
+
+    def restrict(self, keep) -> "ScoreMachine":
+        """A machine using only the features ``keep(exps, roles)`` marks (exps (F, m) monomial
+        exponents, roles per variable). It shares this machine's moments: no refit, one
+        smaller closed-form solve per sigma (method.md §5: sub-family moments are sub-blocks)."""
+        self._require_fitted()
+        out = ScoreMachine(**self.get_params())
+        out.shape_, out.transform_ = self.shape_, self.transform_
+        out.set_moments(self.moments_)
+        masks = []
+        for feats, roles in zip(self.moments_.features, self.feature_roles()):
+            mask = np.asarray(keep(feats.exps, roles), dtype=bool)
+            if mask.shape != (feats.F,):
+                raise WavescoreError(f"keep must return one boolean per feature ({feats.F}), got shape {mask.shape}")
+            mask[0] = True  # the constant always stays
+            masks.append(mask)
+        out.keep_ = masks
+        return out
 
     def _global_linear_theta(self, clean: torch.Tensor, sigma: float) -> torch.Tensor:
         """Gaussian score -(Sigma + s^2 I)^{-1}(w - mu) (method.md §5, P=1 gaussian) as theta (F, D).
