@@ -1,0 +1,242 @@
+"""Where the score lives: which subbands, moments and dependencies matter at each noise level.
+
+- :func:`subband_errors`: the denoising MSE split exactly over levels and orientations
+  (``||D - x||^2 = sum_bands ||W(D - x)|_band||^2``, since W is orthonormal; method.md §7).
+- :func:`shapley_groups`: exact Shapley values of feature groups (orientation partners,
+  same-scale neighbours, parents, higher-order moments) for the reduction in test MSE. Each
+  coalition is a sub-family of one fitted machine (:meth:`ScoreMachine.restrict`): a smaller
+  closed-form solve, no refit, which is what makes exact attribution cheap here.
+- :func:`shrinkage_curves` and :func:`local_filters`: the fitted nonlinearities and linear
+  filters themselves.
+"""
+from __future__ import annotations
+
+import itertools
+from math import factorial
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .evaluation import noise_for
+
+GROUPS = ("orientation", "neighbour", "parent", "nonlinear")
+
+
+def subband_errors(model, x: torch.Tensor, sigmas: Sequence[float], transform, *, seed: int = 0,
+                   batch: int = 500) -> dict:
+    """Per sigma, the MSE per pixel contributed by each band (rows sum to the total MSE)."""
+    lay = transform.layout
+    names = [b.name for b in lay.bands]
+    x = x.double()
+    rows = []
+    for k, s in enumerate(sigmas):
+        z = noise_for(x.shape, k, seed)
+        acc = torch.zeros(len(names), dtype=torch.float64)
+        for b in range(0, len(x), batch):
+            err = model.denoise(x[b : b + batch] + s * z[b : b + batch], s).double() - x[b : b + batch]
+            e = transform.forward(err) ** 2
+            acc += torch.stack([e[:, band.start : band.stop].sum() for band in lay.bands])
+        rows.append((acc / x.numel()).tolist())
+    return {"sigmas": list(map(float, sigmas)), "bands": names, "mse": rows}
+
+
+def _keep(groups: set):
+    """Feature filter for a coalition: variables of the allowed roles, degree <= 1 unless
+    "nonlinear" is in the coalition."""
+    allowed = {"own"} | (groups & {"orientation", "neighbour", "parent"})
+
+    def keep(exps, roles):
+        banned = [k for k, r in enumerate(roles) if r not in allowed]
+        ok = (exps[:, banned] == 0).all(1) if banned else np.ones(len(exps), dtype=bool)
+        if "nonlinear" not in groups:
+            ok &= exps.sum(1) <= 1
+        return ok
+
+    return keep
+
+
+def _mse(model, x, sigmas, seed):
+    out = []
+    for k, s in enumerate(sigmas):
+        z = noise_for(x.shape, k, seed)
+        out.append(float(((model.denoise(x + s * z, s).double() - x) ** 2).mean()))
+    return np.array(out)
+
+
+def shapley_groups(machine, x: torch.Tensor, sigmas: Sequence[float], *, groups: Sequence[str] = GROUPS,
+                   seed: int = 0, progress: bool = True) -> dict:
+    """Exact Shapley values (over ``groups``) of the test-MSE reduction relative to the
+    own-coefficient linear machine (Wiener shrinkage), per sigma; plus every coalition's MSE.
+
+    phi_g = sum_{S not containing g} |S|! (n-|S|-1)! / n! [v(S + g) - v(S)],  v(S) = MSE(empty) - MSE(S).
+    """
+    from tqdm.auto import tqdm
+
+    x = x.double()
+    present = set(r for roles in machine.feature_roles() for r in roles)
+    groups = [g for g in groups if g == "nonlinear" and machine.degree > 1 or g in present]
+    n = len(groups)
+    mse = {}
+    coalitions = [frozenset(c) for r in range(n + 1) for c in itertools.combinations(groups, r)]
+    for c in tqdm(coalitions, desc="coalitions", disable=not progress, leave=False):
+        mse[c] = _mse(machine.restrict(_keep(set(c))), x, sigmas, seed)
+    base = mse[frozenset()]
+    shap = {}
+    for g in groups:
+        total = np.zeros(len(sigmas))
+        for c in coalitions:
+            if g in c:
+                continue
+            w = factorial(len(c)) * factorial(n - len(c) - 1) / factorial(n)
+            total += w * (mse[c] - mse[c | {g}])
+        shap[g] = total.tolist()
+    return {
+        "sigmas": list(map(float, sigmas)),
+        "groups": groups,
+        "baseline_mse": base.tolist(),
+        "full_mse": mse[frozenset(groups)].tolist(),
+        "shapley": shap,
+        "coalitions": {"+".join(sorted(c)) or "own-linear": v.tolist() for c, v in mse.items()},
+    }
+
+
+def shrinkage_curves(machine, sigmas: Sequence[float], *, points: int = 101, span: float = 4.0) -> dict:
+    """Denoiser of one coefficient as a function of its noisy value, D(w) = w + s^2 c(w), for an
+    ``independent`` machine: per band (channel 0, the band's middle position), w over
+    +-span noisy standard deviations."""
+    assert machine.family == "independent", "shrinkage curves need an independent machine"
+    lay = machine.transform_.layout
+    acc = machine.moments_
+    out = {"sigmas": list(map(float, sigmas)), "bands": {}}
+    for band in lay.bands:
+        i = band.start + (band.h // 2) * band.w + band.w // 2
+        k = [j for j, g in enumerate(acc.groups) if i in set(g.out.tolist())][0]
+        pos = int(np.nonzero(acc.groups[k].out == i)[0][0])
+        curves = []
+        for s in sigmas:
+            sd = float(acc.scale[i] ** 2 + s**2) ** 0.5
+            w = torch.linspace(-span * sd, span * sd, points, dtype=torch.float64) + float(acc.shift[i])
+            theta = machine.parameters(s)[k]
+            th = theta[pos] if theta.shape[0] > 1 else theta[0]
+            u = (w - acc.shift[i]) / acc.scale[i]
+            phi = acc.features[k](u[:, None])
+            c = phi @ th
+            curves.append({"w": w.tolist(), "denoised": (w + s**2 * c).tolist()})
+        out["bands"][band.name] = curves
+    return out
+
+
+def local_filters(machine, sigmas: Sequence[float]) -> dict:
+    """The linear part of a ``local`` degree-1 shared machine: per band, the weights on each
+    window position, as (2r+1) x (2r+1) images (wrapped offsets merged in small bands)."""
+    assert machine.family == "local" and machine.shared, "local filters need a shared local machine"
+    r = machine.radius
+    lay = machine.transform_.layout
+    acc = machine.moments_
+    out = {"sigmas": list(map(float, sigmas)), "bands": {}}
+    for k, g in enumerate(acc.groups):
+        if not g.name.endswith("/c0"):
+            continue
+        i = int(g.out[0])
+        band = lay.band_of(i)
+        filt = []
+        for s in sigmas:
+            th = machine.parameters(s)[k][0]
+            img = np.zeros((2 * r + 1, 2 * r + 1))
+            for l, j in enumerate(g.nbr[0]):
+                if lay.level[j] != lay.level[i] or lay.orient[j] != lay.orient[i]:
+                    continue
+                dr = (int(lay.row[j]) - int(lay.row[i]) + r) % band.h - r
+                dc = (int(lay.col[j]) - int(lay.col[i]) + r) % band.w - r
+                if abs(dr) <= r and abs(dc) <= r:
+                    # theta is in standardised units: weight on w_j = theta_l / scale_j
+                    img[dr + r, dc + r] += float(th[1 + l] / acc.scale[j])
+            filt.append(img.tolist())
+        out["bands"][band.name] = filt
+    return out
+
+
+# ------------------------------------------------------------------------------ plots
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+
+    from ._io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_subband_errors(res: dict, path, title: str = "") -> None:
+    plt = _plt()
+    m = np.array(res["mse"])
+    frac = m / m.sum(1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    im = ax.imshow(frac, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(res["sigmas"])), [f"{s:g}" for s in res["sigmas"]])
+    ax.set_xticks(range(len(res["bands"])), res["bands"], rotation=90)
+    ax.set(xlabel="subband (coarse to fine)", ylabel="σ", title=title or "share of denoising MSE per subband")
+    fig.colorbar(im, ax=ax, label="fraction of MSE")
+    _save(fig, path)
+
+
+def plot_shapley(res: dict, path, title: str = "") -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    base = np.array(res["baseline_mse"])
+    for g, v in res["shapley"].items():
+        axes[0].semilogx(res["sigmas"], np.array(v) / base, marker="o", ms=3, label=g)
+    axes[0].set(xlabel="σ", ylabel="Shapley value / MSE(own, linear)", title=title or "what lowers the error")
+    axes[0].axhline(0, color="k", lw=0.6)
+    axes[0].legend()
+    for name, v in res["coalitions"].items():
+        if name.count("+") <= 0:
+            axes[1].loglog(res["sigmas"], v, label=name)
+    axes[1].loglog(res["sigmas"], res["full_mse"], "k--", label="all")
+    axes[1].set(xlabel="σ", ylabel="test MSE", title="single groups added to own-linear")
+    axes[1].legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_shrinkage(res: dict, path) -> None:
+    plt = _plt()
+    bands = [b for b in res["bands"] if not b.startswith("a")]
+    fig, axes = plt.subplots(1, len(bands), figsize=(2.2 * len(bands), 2.6), squeeze=False)
+    for ax, b in zip(axes[0], bands):
+        for s, c in zip(res["sigmas"], res["bands"][b]):
+            ax.plot(c["w"], c["denoised"], lw=1, label=f"σ={s:g}")
+        ax.plot(c["w"], c["w"], "k:", lw=0.6)
+        ax.set_title(b, fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=6)
+    _save(fig, path)
+
+
+def plot_filters(res: dict, path) -> None:
+    plt = _plt()
+    bands = list(res["bands"])
+    fig, axes = plt.subplots(len(res["sigmas"]), len(bands), figsize=(1.3 * len(bands), 1.4 * len(res["sigmas"])),
+                             squeeze=False)
+    for j, b in enumerate(bands):
+        for i, s in enumerate(res["sigmas"]):
+            img = np.array(res["bands"][b][i])
+            lim = np.abs(img).max() or 1
+            axes[i][j].imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            axes[i][j].set_xticks([])
+            axes[i][j].set_yticks([])
+            if i == 0:
+                axes[i][j].set_title(b, fontsize=7)
+            if j == 0:
+                axes[i][j].set_ylabel(f"σ={s:g}", fontsize=7)
+    _save(fig, path)

@@ -1,0 +1,48 @@
+"""Analysis: exact error split, Shapley efficiency, interpretable pieces."""
+import numpy as np
+import torch
+
+from wavescore import ScoreMachine, load_dataset
+from wavescore.analysis import local_filters, shapley_groups, shrinkage_curves, subband_errors
+from wavescore.evaluation import evaluate_denoisers
+
+
+def test_subband_split_is_exact():
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    m = ScoreMachine(family="local", degree=2).fit(train, progress=False)
+    sig = [0.05, 0.5]
+    res = subband_errors(m, test, sig, m.transform_)
+    total = evaluate_denoisers({"m": m}, test, sig, progress=False)["models"]["m"]["mse"]
+    assert np.allclose(np.sum(res["mse"], 1), total, rtol=1e-10)
+    assert len(res["bands"]) == 1 + 3 * 3
+
+
+def test_shapley_efficiency_and_sense():
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    m = ScoreMachine(family="parent", degree=2, bands="all").fit(train, progress=False)
+    sig = [0.1, 1.0]
+    res = shapley_groups(m, test[:200], sig, progress=False)
+    assert res["groups"] == ["orientation", "neighbour", "parent", "nonlinear"]
+    # efficiency: the values add up to the full machine's improvement over own-linear
+    gain = np.array(res["baseline_mse"]) - np.array(res["full_mse"])
+    assert np.allclose(np.sum(list(res["shapley"].values()), 0), gain, rtol=1e-9, atol=1e-12)
+    assert (gain > 0).all()
+    assert len(res["coalitions"]) == 16
+
+
+def test_shrinkage_and_filters():
+    train = load_dataset("digits")
+    ind = ScoreMachine(family="independent", degree=3).fit(train, progress=False)
+    sh = shrinkage_curves(ind, [0.1, 5.0], points=11)
+    for name, curves in sh["bands"].items():
+        w, d = np.array(curves[1]["w"]), np.array(curves[1]["denoised"])
+        # at high noise the optimal curve is nearly linear shrinkage (a3 -> 0, Gaussian limit)
+        slope, icpt = np.polyfit(w, d, 1)
+        assert 0 <= slope < 1, (name, slope)
+        assert np.abs(d - (slope * w + icpt)).max() < 0.05 * (np.ptp(d) + 1e-3), name
+    loc = ScoreMachine(family="local", degree=1, shared=True).fit(train, progress=False)
+    f = local_filters(loc, [0.1, 1.0])
+    img = np.array(f["bands"]["h1"][1])
+    assert img.shape == (3, 3)
+    # the own-coefficient weight is the largest negative score weight (shrinkage toward the mean)
+    assert img[1, 1] == img.min() and img[1, 1] < 0
