@@ -1,0 +1,323 @@
+"""Analytic reference denoisers (method.md §6): the empirical (memorising) denoiser and the ELS machine.
+
+Both are posterior means under an empirical distribution, so both are a softmax-weighted
+average. They share one streaming kernel: a running log-sum-exp over chunks of training
+data (running max ``m``, running normaliser ``z``, running weighted sum ``acc``, all rescaled
+by ``exp(m_old - m_new)`` when the max grows). Memory is O(queries x chunk) whatever the
+training-set size, and the result does not depend on the chunk size (up to rounding).
+
+Both expose ``denoise(x, sigma)`` (x (N, C, H, W); sigma a float or an (N,) tensor; returns
+x's shape and dtype) and ``shape_`` (C, H, W), the interface the samplers use.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._io import WavescoreError
+
+__all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule"]
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _as_images(x, what: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise WavescoreError(f"{what}: expected a torch tensor (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = "; add a channel axis with x[:, None]" if x.dim() == 3 else ""
+        raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
+    if not x.is_floating_point():
+        raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise WavescoreError(f"{what}: no images (N = 0)")
+    if not torch.isfinite(x).all():
+        raise WavescoreError(f"{what}: the images contain NaN or inf")
+    return x
+
+
+def _sigmas(sigma, n: int) -> torch.Tensor:
+    """sigma as a float64 (n,) tensor, validated."""
+    s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
+    if s.numel() not in (1, n):
+        raise WavescoreError(f"sigma must be a float or have one value per image ({n}), got {s.numel()} values")
+    if not (torch.isfinite(s).all() and (s > 0).all()):
+        raise WavescoreError("sigma must be finite and > 0 (at sigma = 0 the denoiser is the identity)")
+    return s.expand(n).clone() if s.numel() == 1 else s
+
+
+def _check_chunk(chunk_size) -> int:
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise WavescoreError(f"chunk_size must be a positive whole number, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _streaming_softmax_mean(queries: torch.Tensor, inv_s2: torch.Tensor,
+                            chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """sum_k v_k softmax_k(-||q - k||^2 / (2 s^2)) for every query row, streaming over key chunks.
+
+    ``chunks`` yields (keys (K, D), key half-norms ||k||^2 / 2 (K,), values (K, V)).
+    ``inv_s2`` is 1/s^2 per query (Q,).
+
+    -||q - k||^2 / (2 s^2) = (q.k - ||k||^2/2) / s^2 - ||q||^2 / (2 s^2): the last term is the
+    same for every key and cancels in the softmax, so it is dropped (it would only add rounding
+    error; method.md §6).
+    """
+    q = queries.shape[0]
+    m = torch.full((q,), -math.inf, dtype=queries.dtype)
+    z = torch.zeros(q, dtype=queries.dtype)
+    acc = None
+    scale = inv_s2.to(queries.dtype)[:, None]
+    for keys, half_norm, values in chunks:
+        logits = (queries @ keys.T - half_norm[None, :]) * scale
+        new_m = torch.maximum(m, logits.max(dim=1).values)
+        # Running log-sum-exp: rescale what was accumulated under the old max.
+        alpha = torch.exp(m - new_m)
+        w = torch.exp(logits - new_m[:, None])
+        z = z * alpha + w.sum(dim=1)
+        contrib = w @ values
+        acc = contrib if acc is None else acc * alpha[:, None] + contrib
+        m = new_m
+    if acc is None:  # pragma: no cover - constructors refuse empty training sets
+        raise WavescoreError("no training data")
+    return acc / z[:, None]
+
+
+# ---------------------------------------------------------------------------------- empirical
+class EmpiricalDenoiser:
+    """The optimal denoiser for the training set as a sum of Diracs (method.md §6).
+
+    D(x, s) = sum_n x_n softmax_n(-||x - x_n||^2 / (2 s^2)). It memorises: at small s a
+    held-out image snaps to its nearest training image.
+
+    Parameters
+    ----------
+    train : (N, C, H, W) training images.
+    chunk_size : training images per streamed chunk (memory O(batch x chunk_size)).
+    dtype : computation dtype. float64 (default) keeps the small-sigma softmax accurate: the
+        logits scale as 1/s^2, so distance rounding is amplified there.
+    batch_size : test images per batch in :meth:`denoise` / :meth:`nearest`.
+    """
+
+    def __init__(self, train, *, chunk_size: int = 4096, dtype: torch.dtype = torch.float64, batch_size: int = 500):
+        train = _as_images(train, "training images")
+        self.chunk_size = _check_chunk(chunk_size)
+        self.batch_size = _check_chunk(batch_size)
+        self.dtype = dtype
+        self.shape_ = tuple(int(s) for s in train.shape[1:])
+        flat = train.detach().cpu().reshape(train.shape[0], -1).to(torch.float64)
+        # Distances are translation invariant: centre on the mean so the dot products are small
+        # (less cancellation in ||x||^2 - 2 x.x_n + ||x_n||^2, which matters in float32).
+        self._mean = flat.mean(dim=0)
+        self._train = (flat - self._mean).to(dtype)
+        self._half_norm = 0.5 * (self._train.to(torch.float64) ** 2).sum(dim=1).to(dtype)
+        self.n_train_ = flat.shape[0]
+
+    def _check(self, x) -> torch.Tensor:
+        x = _as_images(x, "images to denoise")
+        if tuple(x.shape[1:]) != self.shape_:
+            raise WavescoreError(f"this denoiser holds images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        return x
+
+    def _chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for s in range(0, self.n_train_, self.chunk_size):
+            keys = self._train[s : s + self.chunk_size]
+            yield keys, self._half_norm[s : s + self.chunk_size], keys
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Posterior mean E[x_0 | x_s = x] under the training set (method.md §6)."""
+        x = self._check(x)
+        sig = _sigmas(sigma, x.shape[0])
+        flat = x.detach().cpu().reshape(x.shape[0], -1).to(torch.float64)
+        out = torch.empty_like(flat)
+        for s in range(0, flat.shape[0], self.batch_size):
+            q = (flat[s : s + self.batch_size] - self._mean).to(self.dtype)
+            inv_s2 = 1.0 / sig[s : s + self.batch_size] ** 2
+            out[s : s + self.batch_size] = _streaming_softmax_mean(q, inv_s2, self._chunks()).to(torch.float64)
+        return (out + self._mean).reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Tweedie (method.md §1): score = (D(x, s) - x) / s^2."""
+        sig = _sigmas(sigma, x.shape[0]).reshape(-1, 1, 1, 1)
+        d = self.denoise(x, sigma).to(torch.float64)
+        return ((d - x.to(torch.float64)) / sig**2).to(x.dtype)
+
+    def nearest(self, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (N, k) int64 and Euclidean distances (N, k) float64 of the k nearest training images.
+
+        Candidates come from a chunked running top-k on ||x||^2 - 2 x.x_n + ||x_n||^2; the
+        distances of the winners are then recomputed directly (no cancellation), and sorted.
+        """
+        x = self._check(x)
+        if isinstance(k, bool) or int(k) != k or not 1 <= k <= self.n_train_:
+            raise WavescoreError(f"k must be a whole number between 1 and {self.n_train_}, got {k!r}")
+        k = int(k)
+        flat = x.detach().cpu().reshape(x.shape[0], -1).to(torch.float64)
+        idx_out = torch.empty((flat.shape[0], k), dtype=torch.int64)
+        dist_out = torch.empty((flat.shape[0], k), dtype=torch.float64)
+        for s in range(0, flat.shape[0], self.batch_size):
+            q = (flat[s : s + self.batch_size] - self._mean).to(self.dtype)
+            best_d = torch.full((q.shape[0], 0), math.inf, dtype=self.dtype)
+            best_i = torch.empty((q.shape[0], 0), dtype=torch.int64)
+            for c in range(0, self.n_train_, self.chunk_size):
+                keys = self._train[c : c + self.chunk_size]
+                # ||q||^2 is constant per row and does not change the ranking: omitted.
+                d = 2 * self._half_norm[c : c + self.chunk_size][None, :] - 2 * q @ keys.T
+                i = torch.arange(c, c + keys.shape[0]).expand(q.shape[0], -1)
+                d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i], 1)
+                top = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+                best_d, best_i = top.values, torch.gather(i, 1, top.indices)
+            exact = ((flat[s : s + self.batch_size, None, :] - self._mean
+                      - self._train[best_i].to(torch.float64)) ** 2).sum(-1).sqrt()
+            order = torch.argsort(exact, dim=1, stable=True)
+            idx_out[s : s + self.batch_size] = torch.gather(best_i, 1, order)
+            dist_out[s : s + self.batch_size] = torch.gather(exact, 1, order)
+        return idx_out, dist_out
+
+
+# ---------------------------------------------------------------------------------- ELS
+# (sigma upper edge, patch size). Approximate: Kamb & Ganguli (2025) calibrate the ELS patch
+# size per noise level against a trained MNIST U-Net and find it grows from ~3x3 at low noise
+# to ~27x27 (nearly the whole 32x32 image) at high noise. Their calibration is per DDPM time
+# step; these edges are our conversion to EDM sigma of that shape, not the paper's numbers.
+_MNIST_SCHEDULE = ((0.05, 3), (0.1, 5), (0.2, 7), (0.3, 9), (0.5, 11), (0.7, 13),
+                   (1.0, 15), (1.5, 19), (2.5, 23), (math.inf, 27))
+
+
+def mnist_patch_schedule(sigma: float) -> int:
+    """Approximate ELS patch size for MNIST-like 32x32 data (Kamb & Ganguli 2025): 3 at
+    sigma <= 0.05 growing piecewise to 27 for sigma > 2.5. See ``_MNIST_SCHEDULE``."""
+    for edge, size in _MNIST_SCHEDULE:
+        if sigma <= edge:
+            return size
+    return _MNIST_SCHEDULE[-1][1]  # pragma: no cover
+
+
+class ELSDenoiser:
+    """The equivariant local score (ELS) machine of Kamb & Ganguli (2025), method.md §6.
+
+    Each output pixel p is the posterior mean of the centre pixel of its P x P neighbourhood,
+    given the noisy neighbourhood x_patch(p), under the empirical distribution of ALL training
+    patches of that size at ALL positions (pooling over positions = translation equivariance):
+
+        D(x, s)[:, p] = sum_P P_centre softmax_P(-||x_patch(p) - P||^2 / (2 s^2)).
+
+    Parameters
+    ----------
+    train : (N, C, H, W) training images. Patches include all channels; the output at p is all
+        channels of the centre pixel.
+    patch_size : an odd int, or a callable sigma -> odd int (the locality grows with noise).
+        Default :func:`mnist_patch_schedule`. Sizes are clamped to the largest useful size:
+        periodic: the largest odd <= min(H, W) (a bigger patch would repeat pixels);
+        pad: 2 max(H, W) - 1 (every patch then sees the whole image).
+    chunk_size : training patches per streamed chunk.
+    wrap : "periodic" (default): circular boundaries, so the machine is exactly equivariant to
+        cyclic shifts, matching the periodized wavelet transform of method.md §2 and a CNN with
+        circular padding. "pad": images are padded with ``pad_value`` (default -1, the MNIST
+        background in [-1, 1] scaling, like a zero-padded CNN on [0, 1] data); padded pixels are
+        compared like ordinary pixels, in test and training patches alike, so border patches
+        prefer training patches with background at the same places.
+    dtype, batch_size : computation dtype; test images per batch (None: about 2048 query patches).
+    """
+
+    def __init__(self, train, *, patch_size: int | Callable[[float], int] = mnist_patch_schedule,
+                 chunk_size: int = 8192, wrap: str = "periodic", pad_value: float = -1.0,
+                 dtype: torch.dtype = torch.float64, batch_size: int | None = None):
+        train = _as_images(train, "training images")
+        if wrap not in ("periodic", "pad"):
+            raise WavescoreError(f"wrap must be 'periodic' or 'pad', got {wrap!r}")
+        if not callable(patch_size):
+            self._check_patch(patch_size)
+        self.patch_size = patch_size
+        self.chunk_size = _check_chunk(chunk_size)
+        self.wrap = wrap
+        self.pad_value = float(pad_value)
+        self.dtype = dtype
+        self.batch_size = None if batch_size is None else _check_chunk(batch_size)
+        self.shape_ = tuple(int(s) for s in train.shape[1:])
+        train = train.detach().cpu().to(torch.float64)
+        # Centre on one scalar (the pixel mean; the pad value is shifted alike) so the dot
+        # products are small; distances are unchanged.
+        self._shift = float(train.mean())
+        self._train = (train - self._shift).to(dtype)
+        self.n_train_ = train.shape[0]
+
+    @staticmethod
+    def _check_patch(p) -> int:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1 or p % 2 == 0:
+            raise WavescoreError(f"patch size must be an odd positive whole number (the patch is centred), got {p!r}")
+        return int(p)
+
+    def patch_size_for(self, sigma: float) -> int:
+        """The patch size used at noise level ``sigma`` (after clamping, see the class notes)."""
+        p = self._check_patch(self.patch_size(float(sigma)) if callable(self.patch_size) else self.patch_size)
+        _, h, w = self.shape_
+        if self.wrap == "periodic":
+            cap = min(h, w) if min(h, w) % 2 else min(h, w) - 1
+        else:
+            cap = 2 * max(h, w) - 1
+        return min(p, cap)
+
+    def _patches(self, images: torch.Tensor, p: int) -> torch.Tensor:
+        """All P x P patches at all H x W positions: (N * H * W, C * P * P), ordered (n, y, x)."""
+        r = p // 2
+        n, c, h, w = images.shape
+        if self.wrap == "periodic":
+            # Index arithmetic rather than F.pad(mode="circular"), which refuses r > size.
+            iy = torch.arange(-r, h + r) % h
+            ix = torch.arange(-r, w + r) % w
+            padded = images[:, :, iy][:, :, :, ix]
+        else:
+            padded = F.pad(images, (r, r, r, r), value=self.pad_value - self._shift)
+        cols = F.unfold(padded, kernel_size=p)  # (N, C*P*P, H*W), channel-major (c, ky, kx)
+        return cols.transpose(1, 2).reshape(n * h * w, c * p * p)
+
+    def _centre(self, p: int) -> torch.Tensor:
+        """Column indices of the centre pixel (all channels) in a flattened (C, P, P) patch."""
+        r = p // 2
+        return torch.arange(self.shape_[0]) * p * p + r * p + r
+
+    def _chunks(self, p: int):
+        hw = self.shape_[1] * self.shape_[2]
+        per = max(1, math.ceil(self.chunk_size / hw))  # images unfolded at a time
+        centre = self._centre(p)
+        for s in range(0, self.n_train_, per):
+            patches = self._patches(self._train[s : s + per], p)
+            for c in range(0, patches.shape[0], self.chunk_size):
+                keys = patches[c : c + self.chunk_size]
+                yield keys, 0.5 * (keys * keys).sum(dim=1), keys[:, centre] + self._shift
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The ELS machine's posterior-mean output (Kamb & Ganguli 2025; method.md §6)."""
+        x = _as_images(x, "images to denoise")
+        if tuple(x.shape[1:]) != self.shape_:
+            raise WavescoreError(f"this denoiser holds images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        n, c, h, w = x.shape
+        sig = _sigmas(sigma, n)
+        # The schedule is called once per distinct sigma.
+        by_sigma = {v: self.patch_size_for(v) for v in set(sig.tolist())}
+        sizes = torch.tensor([by_sigma[v] for v in sig.tolist()])
+        xs = (x.detach().cpu().to(torch.float64) - self._shift).to(self.dtype)
+        out = torch.empty((n, h * w, c), dtype=torch.float64)
+        batch = self.batch_size or max(1, 2048 // (h * w))
+        # One pass over the training patches per patch size; sigma may still differ per image.
+        for p in torch.unique(sizes).tolist():
+            rows = torch.nonzero(sizes == p).flatten()
+            for s in range(0, rows.numel(), batch):
+                sel = rows[s : s + batch]
+                q = self._patches(xs[sel], p)
+                inv_s2 = (1.0 / sig[sel] ** 2).repeat_interleave(h * w)
+                res = _streaming_softmax_mean(q, inv_s2, self._chunks(p))
+                out[sel] = res.to(torch.float64).reshape(sel.numel(), h * w, c)
+        return out.transpose(1, 2).reshape(n, c, h, w).to(device=x.device, dtype=x.dtype)
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Tweedie (method.md §1): score = (D(x, s) - x) / s^2."""
+        sig = _sigmas(sigma, x.shape[0]).reshape(-1, 1, 1, 1)
+        d = self.denoise(x, sigma).to(torch.float64)
+        return ((d - x.to(torch.float64)) / sig**2).to(x.dtype)

@@ -1,0 +1,349 @@
+"""Trained reference denoisers (method.md §6): a small CNN and a small U-Net with EDM preconditioning.
+
+Karras et al. 2022 ("Elucidating the design space...", Table 1):
+
+    D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s))
+    c_skip = sd^2 / (s^2 + sd^2),  c_out = s sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),
+    c_noise = ln(s) / 4,  sd = sigma_data = 0.5
+    loss weight lambda(s) = (s^2 + sd^2) / (s sd)^2,  ln(s) ~ N(P_mean = -1.2, P_std^2 = 1.2^2).
+
+:func:`train` checkpoints atomically after every epoch (model, optimizer, epoch, the training
+RNG state, config, loss history) and resumes from an existing checkpoint; all training
+randomness (init, shuffling, sigma, noise) comes from seeded generators so a resumed run
+reproduces an uninterrupted one exactly (on the same machine and thread count).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._io import WavescoreError, atomic_path, write_json
+
+__all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "ARCHITECTURES"]
+
+FORMAT = "wavescore-network"
+FORMAT_VERSION = 1
+
+
+def _noise_features(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of c_noise (N,) -> (N, dim), as in the EDM/DDPM networks."""
+    half = dim // 2
+    # c_noise = ln(s)/4 spans about [-1.6, 1.1] for s in [0.002, 80]: frequencies from 0.1 to 20
+    # radians per unit give features from nearly linear to a few cycles over that range.
+    freqs = torch.logspace(-1.0, math.log10(20.0), half, dtype=torch.float32, device=c_noise.device)
+    arg = c_noise.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
+
+
+class _Embedding(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        return self.mlp(_noise_features(c_noise, self.dim))
+
+
+class SmallCNN(nn.Module):
+    """A plain stack of ``depth`` same-size convolutions, no downsampling, no normalisation.
+
+    conv(C -> width), then depth - 2 hidden convs (width -> width), then conv(width -> C); each
+    hidden activation is FiLM-modulated by a learned embedding of c_noise (per-layer scale and
+    shift). No GroupNorm: its statistics pool over the whole image and would break locality.
+    The receptive field is therefore exactly ``1 + depth (kernel - 1)`` pixels on a side
+    (17 for the defaults): local and translation-equivariant (up to the border padding:
+    ``padding="zeros"`` or ``"circular"``), like the ELS machine.
+    """
+
+    def __init__(self, channels: int = 1, width: int = 64, depth: int = 8, kernel: int = 3, padding: str = "zeros"):
+        super().__init__()
+        if depth < 2 or kernel < 1 or kernel % 2 == 0:
+            raise WavescoreError(f"SmallCNN needs depth >= 2 and an odd kernel, got depth={depth}, kernel={kernel}")
+        if padding not in ("zeros", "circular"):
+            raise WavescoreError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+        self.channels, self.depth, self.kernel = channels, depth, kernel
+        conv = lambda i, o: nn.Conv2d(i, o, kernel, padding=kernel // 2, padding_mode=padding)  # noqa: E731
+        self.convs = nn.ModuleList([conv(channels, width)] + [conv(width, width) for _ in range(depth - 2)]
+                                   + [conv(width, channels)])
+        self.embed = _Embedding(max(16, width // 2 * 2))
+        self.films = nn.ModuleList([nn.Linear(self.embed.dim * 2, 2 * width) for _ in range(depth - 1)])
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + self.depth * (self.kernel - 1)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        emb = F.silu(self.embed(c_noise))
+        h = x
+        for conv, film in zip(self.convs[:-1], self.films):
+            scale, shift = film(emb)[:, :, None, None].chunk(2, dim=1)
+            h = F.silu(conv(h) * (1 + scale) + shift)
+        return self.convs[-1](h)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(min(8, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class SmallUNet(nn.Module):
+    """A small U-Net: one residual block per resolution (32, 16, 8 for 32x32 inputs with the
+    default ``mults``), average-pool down, nearest-neighbour up, concatenated skip connections,
+    a bottleneck block, every block FiLM-conditioned on c_noise. About 0.5M parameters with the
+    defaults. H and W must be divisible by 2^(len(mults) - 1).
+    """
+
+    def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2, 2)):
+        super().__init__()
+        self.channels, self.mults = channels, tuple(mults)
+        widths = [base * m for m in mults]
+        emb_dim = 2 * base
+        self.embed = _Embedding(base)
+        self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        prev = base
+        for w in widths:
+            self.down.append(_ResBlock(prev, w, emb_dim))
+            prev = w
+        self.mid = _ResBlock(prev, prev, emb_dim)
+        self.up = nn.ModuleList()
+        for w in reversed(widths):
+            self.up.append(_ResBlock(prev + w, w, emb_dim))
+            prev = w
+        self.norm_out = nn.GroupNorm(min(8, prev), prev)
+        self.conv_out = nn.Conv2d(prev, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        factor = 2 ** (len(self.mults) - 1)
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise WavescoreError(f"SmallUNet with {len(self.mults)} resolutions needs H and W divisible by "
+                                 f"{factor}, got {tuple(x.shape[-2:])}; pad the images (load_dataset pad_to)")
+        emb = F.silu(self.embed(c_noise))
+        h = self.conv_in(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid(h, emb)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.up) - 1:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+ARCHITECTURES = {"cnn": SmallCNN, "unet": SmallUNet}
+
+
+class EDMDenoiser(nn.Module):
+    """EDM preconditioning around ``net`` (Karras et al. 2022, Table 1; module notes).
+
+    ``forward(x, sigma)`` is differentiable (training); ``denoise(x, sigma)`` is the common
+    inference interface: no grad, eval mode, batched, float32 inside, returns x's dtype.
+    ``shape_`` is the image shape (C, H, W) the network was trained on (None if unknown).
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, shape=None):
+        super().__init__()
+        self.net = net
+        self.sigma_data = float(sigma_data)
+        self.shape_ = None if shape is None else tuple(int(s) for s in shape)
+
+    def coefficients(self, sigma: torch.Tensor):
+        """(c_skip, c_out, c_in, c_noise) for sigma (N,) (Karras et al. 2022, Table 1)."""
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)
+        c_in = 1 / torch.sqrt(sigma**2 + sd**2)
+        c_noise = torch.log(sigma) / 4
+        return c_skip, c_out, c_in, c_noise
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        b = lambda c: c.reshape(-1, 1, 1, 1)  # noqa: E731
+        return b(c_skip) * x + b(c_out) * self.net(b(c_in) * x, c_noise)
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma, batch_size: int = 256) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise WavescoreError(f"expected images as a tensor (N, C, H, W), got {getattr(x, 'shape', type(x))}")
+        if self.shape_ is not None and tuple(x.shape[1:]) != self.shape_:
+            raise WavescoreError(f"this network was trained on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
+        if sig.numel() not in (1, x.shape[0]):
+            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
+        if not (torch.isfinite(sig).all() and (sig > 0).all()):
+            raise WavescoreError("sigma must be finite and > 0")
+        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+        device = next(self.parameters(), torch.empty(0)).device  # a parameter-free net runs on the CPU
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self(x[s : s + batch_size].to(device=device, dtype=torch.float32),
+                         sig[s : s + batch_size].to(device=device, dtype=torch.float32))
+                    for s in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(outs).to(device=x.device, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------------- training
+def _log_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".log.json")
+
+
+def _build(config: dict) -> EDMDenoiser:
+    name = config["arch"]
+    if name not in ARCHITECTURES:
+        raise WavescoreError(f"unknown architecture {name!r}: choose one of {', '.join(ARCHITECTURES)}")
+    kwargs = dict(config.get("arch_kwargs") or {})
+    if "mults" in kwargs:
+        kwargs["mults"] = tuple(kwargs["mults"])
+    net = ARCHITECTURES[name](channels=config["shape"][0], **kwargs)
+    return EDMDenoiser(net, sigma_data=config["sigma_data"], shape=config["shape"])
+
+
+def _read_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise WavescoreError(f"{path}: no such network checkpoint; train one with wavescore.networks.train")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types on a truncated or foreign file
+        raise WavescoreError(f"{path}: not a readable network checkpoint ({type(exc).__name__}: {exc}); "
+                             "it may be truncated or corrupt: delete it and train again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WavescoreError(f"{path}: not a wavescore network checkpoint (no '{FORMAT}' header); "
+                             "give a file written by wavescore.networks.train")
+    if ckpt.get("version") != FORMAT_VERSION:
+        raise WavescoreError(f"{path}: checkpoint format version {ckpt.get('version')!r}, this wavescore "
+                             f"reads version {FORMAT_VERSION}; retrain with this version")
+    return ckpt
+
+
+def load_network(path) -> EDMDenoiser:
+    """The trained EDMDenoiser stored at ``path`` (by :func:`train`), in eval mode."""
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
+    try:
+        model = _build(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise WavescoreError(f"{path}: the checkpoint's weights do not match its configuration ({exc}); "
+                             "it is damaged: train again") from None
+    model.epoch_ = ckpt["epoch"]
+    model.history_ = ckpt.get("history", [])
+    return model.eval()
+
+
+def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
+          progress: bool = True, max_minutes: float | None = None, arch_kwargs: dict | None = None,
+          sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> EDMDenoiser:
+    """Train ``arch`` ("cnn" or "unet", constructor options in ``arch_kwargs``) on ``data``
+    (N, C, H, W) with the EDM loss, Adam(lr), for ``epochs`` epochs in total.
+
+    Writes the checkpoint ``out`` atomically after every epoch and the loss log beside it
+    (``<stem>.log.json``). If ``out`` exists (same configuration), training resumes after its
+    last completed epoch; a kill mid-epoch loses only that epoch. ``max_minutes`` stops after
+    the epoch during which the budget ran out (call again to continue). Returns the model
+    (eval mode) with ``epoch_`` and ``history_`` attributes.
+    """
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if not isinstance(data, torch.Tensor) or data.dim() != 4 or not data.is_floating_point() or len(data) == 0:
+        raise WavescoreError(f"data must be a non-empty float tensor (N, C, H, W), got "
+                             f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
+        raise WavescoreError(f"epochs must be a positive whole number, got {epochs!r}")
+    if arch not in ARCHITECTURES:
+        raise WavescoreError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    out = Path(out)
+    data = data.detach().cpu().float()
+    config = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "shape": list(data.shape[1:]),
+              "sigma_data": float(sigma_data), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+              "p_mean": float(p_mean), "p_std": float(p_std), "n_train": int(len(data))}
+    if "mults" in config["arch_kwargs"]:
+        config["arch_kwargs"]["mults"] = list(config["arch_kwargs"]["mults"])
+
+    # Initialise under the seed without disturbing the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _build(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)  # shuffling, sigma and noise draws
+    start, history = 0, []
+    if out.exists():
+        ckpt = _read_checkpoint(out)
+        if ckpt["config"] != config:
+            diff = {k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v}
+            raise WavescoreError(f"{out} holds a run with a different configuration {diff} (stored, requested); "
+                                 "give another path or delete it to start over")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["rng"])
+        start, history = int(ckpt["epoch"]), list(ckpt["history"])
+
+    n = len(data)
+    steps_per_epoch = math.ceil(n / batch_size)
+    t0 = time.perf_counter()
+    bar = None
+    if progress and start < epochs:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=f"train {arch}", unit="step")
+    model.train()
+    try:
+        for epoch in range(start, epochs):
+            t_epoch, total = time.perf_counter(), 0.0
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, batch_size):
+                x0 = data[perm[s : s + batch_size]]
+                # ln(sigma) ~ N(P_mean, P_std^2) and the weight lambda(sigma) (Karras et al. 2022, Table 1).
+                sigma = torch.exp(p_mean + p_std * torch.randn(len(x0), generator=gen))
+                noise = torch.randn(x0.shape, generator=gen)
+                weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+                den = model(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
+                loss = (weight.reshape(-1, 1, 1, 1) * (den - x0) ** 2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(x0)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+            history.append({"epoch": epoch + 1, "loss": total / n, "seconds": time.perf_counter() - t_epoch})
+            ckpt = {"format": FORMAT, "version": FORMAT_VERSION, "config": config, "epoch": epoch + 1,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
+                    "history": history}
+            with atomic_path(out) as tmp:
+                torch.save(ckpt, tmp)
+            write_json(_log_path(out), {"checkpoint": out.name, "config": config, "epochs": history})
+            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes and epoch + 1 < epochs:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    model.epoch_ = history[-1]["epoch"] if history else 0
+    model.history_ = history
+    return model.eval()

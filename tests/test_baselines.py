@@ -1,0 +1,179 @@
+"""Empirical and ELS denoisers against brute-force formulas (method.md §6; Kamb & Ganguli 2025)."""
+import pytest
+import torch
+
+from wavescore import WavescoreError, load_dataset
+from wavescore.baselines import ELSDenoiser, EmpiricalDenoiser, mnist_patch_schedule
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x = load_dataset("digits", limit=60)
+    return x[:50], x[50:]
+
+
+def _brute_empirical(train, x, sigma):
+    """Full softmax in float64: D = sum_n x_n softmax_n(-||x - x_n||^2 / (2 s^2))."""
+    t = train.reshape(len(train), -1).double()
+    q = x.reshape(len(x), -1).double()
+    d2 = ((q[:, None, :] - t[None]) ** 2).sum(-1)
+    s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+    w = torch.softmax(-d2 / (2 * s**2), dim=1)
+    return (w @ t).reshape(x.shape)
+
+
+def _brute_els(train, x, sigma, p, wrap="periodic", pad_value=-1.0):
+    """Every patch at every position by explicit rolls/pads, full softmax per output pixel."""
+    r = p // 2
+    n, c, h, w = train.shape
+
+    def patches(img):  # (C,H,W) -> (H, W, C*P*P)
+        if wrap == "periodic":
+            out = torch.empty(h, w, c, p, p, dtype=torch.float64)
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    out[:, :, :, dy + r, dx + r] = torch.roll(img, (-dy, -dx), (1, 2)).permute(1, 2, 0)
+        else:
+            padded = torch.nn.functional.pad(img, (r, r, r, r), value=pad_value)
+            out = torch.stack([torch.stack([padded[:, i : i + p, j : j + p] for j in range(w)]) for i in range(h)])
+        return out.reshape(h, w, -1)
+
+    keys = torch.cat([patches(t.double()).reshape(h * w, -1) for t in train])
+    centre = keys.reshape(-1, c, p, p)[:, :, r, r]
+    res = torch.empty(x.shape, dtype=torch.float64)
+    for i, img in enumerate(x.double()):
+        q = patches(img).reshape(h * w, -1)
+        wgt = torch.softmax(-((q[:, None] - keys[None]) ** 2).sum(-1) / (2 * sigma**2), dim=1)
+        res[i] = (wgt @ centre).T.reshape(c, h, w)
+    return res
+
+
+# ---------------------------------------------------------------------------------- empirical
+@pytest.mark.parametrize("sigma", [0.1, 0.5, 2.0])
+def test_empirical_matches_brute_force(digits, sigma):
+    train, test = digits
+    noisy = test + sigma * torch.randn(test.shape, generator=torch.Generator().manual_seed(1))
+    ours = EmpiricalDenoiser(train).denoise(noisy.double(), sigma)
+    assert torch.allclose(ours, _brute_empirical(train, noisy, sigma), atol=1e-10, rtol=0)
+
+
+def test_empirical_per_image_sigma_and_chunk_invariance(digits):
+    train, test = digits
+    sig = torch.linspace(0.05, 3.0, len(test))
+    x = test.double() + sig.reshape(-1, 1, 1, 1) * torch.randn(test.shape, generator=torch.Generator().manual_seed(2))
+    outs = [EmpiricalDenoiser(train, chunk_size=cs, batch_size=bs).denoise(x, sig)
+            for cs, bs in [(1, 3), (7, 500), (4096, 1)]]
+    assert torch.allclose(outs[0], _brute_empirical(train, x, sig), atol=1e-10, rtol=0)
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-12, rtol=0)
+
+
+def test_empirical_float32_matches_float64_at_low_sigma(digits):
+    """At sigma = 0.01 the posterior is one-hot on the nearest training image in both precisions
+    (the gap between nearest and second-nearest squared distances dwarfs float32 rounding)."""
+    train, test = digits
+    x = test + 0.01 * torch.randn(test.shape, generator=torch.Generator().manual_seed(3))
+    d64 = EmpiricalDenoiser(train).denoise(x.double(), 0.01)
+    d32 = EmpiricalDenoiser(train, dtype=torch.float32).denoise(x, 0.01)
+    assert d32.dtype == torch.float32
+    assert (d32.double() - d64).abs().max() < 1e-5
+
+
+def test_empirical_memorises_and_averages(digits):
+    train, _ = digits
+    den = EmpiricalDenoiser(train)
+    assert torch.allclose(den.denoise(train, 1e-3), train, atol=1e-6)
+    mean = train.double().mean(0, keepdim=True).expand(5, -1, -1, -1)
+    assert torch.allclose(den.denoise(train[:5].double(), 1e6), mean, atol=1e-9)
+
+
+def test_nearest(digits):
+    train, test = digits
+    den = EmpiricalDenoiser(train, chunk_size=7, batch_size=4)
+    idx, dist = den.nearest(test, k=3)
+    full = torch.cdist(test.reshape(len(test), -1).double(), train.reshape(len(train), -1).double())
+    ref = torch.sort(full, dim=1)
+    assert torch.equal(idx, ref.indices[:, :3])
+    assert torch.allclose(dist, ref.values[:, :3], atol=1e-10)
+    i0, d0 = den.nearest(train[:4])
+    assert torch.equal(i0[:, 0], torch.arange(4)) and torch.all(d0 == 0)
+
+
+def test_empirical_errors(digits):
+    train, test = digits
+    den = EmpiricalDenoiser(train)
+    with pytest.raises(WavescoreError, match="sigma"):
+        den.denoise(test, 0.0)
+    with pytest.raises(WavescoreError, match="one value per image"):
+        den.denoise(test, torch.ones(3))
+    with pytest.raises(WavescoreError, match="shape"):
+        den.denoise(test[:, :, :4], 0.1)
+    with pytest.raises(WavescoreError, match="channel axis"):
+        EmpiricalDenoiser(train[:, 0])
+
+
+# ---------------------------------------------------------------------------------- ELS
+@pytest.fixture(scope="module")
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(5, 2, 6, 6, generator=g) * 2 - 1, torch.rand(2, 2, 6, 6, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+@pytest.mark.parametrize("sigma", [0.2, 1.0])
+def test_els_matches_brute_force(tiny, wrap, sigma):
+    train, test = tiny
+    ours = ELSDenoiser(train, patch_size=3, wrap=wrap).denoise(test.double(), sigma)
+    assert torch.allclose(ours, _brute_els(train, test, sigma, 3, wrap), atol=1e-10, rtol=0)
+
+
+def test_els_chunk_invariance(tiny):
+    train, test = tiny
+    outs = [ELSDenoiser(train, patch_size=5, chunk_size=cs, batch_size=bs).denoise(test.double(), 0.5)
+            for cs, bs in [(1, 1), (7, 2), (100000, None)]]
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-12, rtol=0)
+
+
+def test_els_whole_image_periodic_is_empirical_over_cyclic_shifts():
+    """With a periodic patch covering the whole (odd-sized) image, the patch at p is the image
+    rolled to centre p, and the training patches are all rolls of all training images, so
+    D_ELS(x)[p] = sum_{n, shift} roll(x_n, shift)[p] softmax(-||x - roll(x_n, shift)||^2 / 2s^2):
+    exactly the empirical denoiser of the training set augmented with every cyclic shift."""
+    g = torch.Generator().manual_seed(4)
+    train = torch.rand(4, 1, 5, 5, generator=g, dtype=torch.float64) * 2 - 1
+    x = torch.rand(3, 1, 5, 5, generator=g, dtype=torch.float64) * 2 - 1
+    shifted = torch.cat([torch.roll(train, (i, j), (2, 3)) for i in range(5) for j in range(5)])
+    for sigma in (0.05, 0.7, 5.0):
+        els = ELSDenoiser(train, patch_size=5).denoise(x, sigma)
+        emp = EmpiricalDenoiser(shifted).denoise(x, sigma)
+        assert torch.allclose(els, emp, atol=1e-10, rtol=0)
+
+
+def test_els_callable_schedule_is_used(tiny):
+    train, test = tiny
+    calls = []
+
+    def schedule(s):
+        calls.append(s)
+        return 1 if s < 0.5 else 3
+
+    sig = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    els = ELSDenoiser(train, patch_size=schedule).denoise(test.double(), sig)
+    assert sorted(set(calls)) == [0.1, 1.0]
+    assert torch.allclose(els[0], ELSDenoiser(train, patch_size=1).denoise(test[:1].double(), 0.1)[0], atol=1e-12)
+    assert torch.allclose(els[1], ELSDenoiser(train, patch_size=3).denoise(test[1:].double(), 1.0)[0], atol=1e-12)
+
+
+def test_default_schedule_and_clamping(tiny):
+    sizes = [mnist_patch_schedule(s) for s in (0.002, 0.05, 0.3, 1.0, 2.0, 80.0)]
+    assert sizes[0] == 3 and sizes[-1] == 27 and sizes == sorted(sizes) and all(s % 2 for s in sizes)
+    train, _ = tiny
+    assert ELSDenoiser(train).patch_size_for(80.0) == 5           # periodic on 6x6: largest odd <= 6
+    assert ELSDenoiser(train, wrap="pad").patch_size_for(80.0) == 11
+    with pytest.raises(WavescoreError, match="odd"):
+        ELSDenoiser(train, patch_size=4)
+    with pytest.raises(WavescoreError, match="odd"):
+        ELSDenoiser(train, patch_size=lambda s: 2).denoise(train, 0.1)
+    with pytest.raises(WavescoreError, match="wrap"):
+        ELSDenoiser(train, wrap="reflect")
