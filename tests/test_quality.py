@@ -20,7 +20,7 @@ def test_nearest_neighbours_brute_force():
     g = torch.Generator().manual_seed(0)
     train = torch.randn(300, 1, 4, 4, generator=g)
     x = torch.randn(17, 1, 4, 4, generator=g)
-    d, i = nearest_neighbours(x, train, chunk=64, batch=5)
+    d, i = nearest_neighbours(x, train)
     full = ((x.reshape(17, 1, -1) - train.reshape(1, 300, -1)) ** 2).mean(-1)
     assert torch.equal(i, full.argmin(1))
     assert torch.allclose(d, full.min(1).values.sqrt().double(), atol=1e-6)

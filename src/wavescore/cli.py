@@ -262,6 +262,61 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+# ----------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> None:
+    from . import datasets
+    from .networks import train
+
+    x = datasets.load_dataset(args.data, "train", limit=args.limit)
+    arch_kwargs = {}
+    if args.arch == "cnn":
+        arch_kwargs = {"width": args.width or 64, "depth": args.depth}
+    elif args.width:
+        arch_kwargs = {"base": args.width}
+    t0 = time.perf_counter()
+    net = train(args.arch, x, epochs=args.epochs, out=args.output, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, max_minutes=args.max_minutes, arch_kwargs=arch_kwargs)
+    last = net.history_[-1] if net.history_ else {}
+    print(f"trained {args.arch} to epoch {net.epoch_} in {time.perf_counter() - t0:.0f}s "
+          f"(last epoch loss {last.get('loss', float('nan')):.4f}) -> {args.output}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a small CNN or U-Net denoiser (EDM preconditioning and loss)")
+    p.add_argument("--arch", choices=["unet", "cnn"], required=True)
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--width", type=int, default=None, help="CNN width / U-Net base channels")
+    p.add_argument("--depth", type=int, default=8, help="CNN depth (receptive field 1 + 2 depth)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
+    p.add_argument("-o", "--output", required=True, help="checkpoint (.pt); resumed if it exists")
+    p.set_defaults(func=_cmd_train)
+
+
+# ----------------------------------------------------------------------------- report / run
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import run_report
+
+    t0 = time.perf_counter()
+    run_report(args.data, args.output, n_test=args.n_test, n_train=args.n_train)
+    print(f"report written to {Path(args.output) / 'index.html'} in {time.perf_counter() - t0:.0f}s")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    for name, help_ in (("report", "run the standard analysis and write a self-contained HTML report"),
+                        ("run", "the main job: fit the standard machines, evaluate, sample, analyse, report")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--data", default="mnist")
+        p.add_argument("--n-test", type=int, default=2000, help="held-out images to evaluate on")
+        p.add_argument("--n-train", type=int, default=None, help="training images (default all)")
+        p.add_argument("-o", "--output", default="report")
+        p.set_defaults(func=_cmd_report)
+
+
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -276,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Later modules (fit, evaluate, ...) register their subcommand adders here.
-_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare]
+_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare, _add_train, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

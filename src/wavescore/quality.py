@@ -25,23 +25,12 @@ from .transform import WaveletTransform
 
 
 # ------------------------------------------------------------------------------ neighbours
-def nearest_neighbours(x: torch.Tensor, train: torch.Tensor, *, chunk: int = 8192, batch: int = 1000):
-    """(distance, index) of each image's nearest training image; RMS per pixel, chunked."""
-    xf = x.reshape(len(x), -1).to(torch.float64)
-    tf = train.reshape(len(train), -1).to(torch.float64)
-    tn = (tf**2).sum(1)
-    best_d = torch.full((len(xf),), float("inf"), dtype=torch.float64)
-    best_i = torch.zeros(len(xf), dtype=torch.int64)
-    for b in range(0, len(xf), batch):
-        q = xf[b : b + batch]
-        qn = (q**2).sum(1, keepdim=True)
-        for c in range(0, len(tf), chunk):
-            d2 = qn - 2 * q @ tf[c : c + chunk].T + tn[c : c + chunk]
-            val, idx = d2.min(1)
-            better = val < best_d[b : b + batch]
-            best_d[b : b + batch] = torch.where(better, val, best_d[b : b + batch])
-            best_i[b : b + batch] = torch.where(better, idx + c, best_i[b : b + batch])
-    return (best_d.clamp_min(0) / xf.shape[1]).sqrt(), best_i
+def nearest_neighbours(x: torch.Tensor, train: torch.Tensor):
+    """(RMS-per-pixel distance, index) of each image's nearest training image."""
+    from .baselines import EmpiricalDenoiser
+
+    idx, dist = EmpiricalDenoiser(train).nearest(x.to(train.dtype), k=1)
+    return dist[:, 0] / math.sqrt(x[0].numel()), idx[:, 0]
 
 
 # ------------------------------------------------------------------------------ Frechet
