@@ -201,10 +201,11 @@ def plot_shapley(res: dict, path, title: str = "") -> None:
     axes[0].axhline(0, color="k", lw=0.6)
     axes[0].legend()
     for name, v in res["coalitions"].items():
-        if name.count("+") <= 0:
-            axes[1].loglog(res["sigmas"], v, label=name)
-    axes[1].loglog(res["sigmas"], res["full_mse"], "k--", label="all")
-    axes[1].set(xlabel="σ", ylabel="test MSE", title="single groups added to own-linear")
+        if name.count("+") <= 0 and name != "own-linear":
+            axes[1].semilogx(res["sigmas"], np.array(v) / base, marker="o", ms=3, label=f"own-linear + {name}")
+    axes[1].semilogx(res["sigmas"], np.array(res["full_mse"]) / base, "k--", label="all groups")
+    axes[1].set(xlabel="σ", ylabel="MSE / MSE(own, linear)", title="one group added to own-linear")
+    axes[1].axhline(1, color="k", lw=0.6)
     axes[1].legend(fontsize=7)
     _save(fig, path)
 
