@@ -147,8 +147,10 @@ def local_filters(machine, sigmas: Sequence[float]) -> dict:
             for l, j in enumerate(g.nbr[0]):
                 if lay.level[j] != lay.level[i] or lay.orient[j] != lay.orient[i]:
                     continue
-                dr = (int(lay.row[j]) - int(lay.row[i]) + r) % band.h - r
-                dc = (int(lay.col[j]) - int(lay.col[i]) + r) % band.w - r
+                # periodic offset, taken in (-size/2, size/2]: small bands wrap onto themselves
+                dr = (int(lay.row[j]) - int(lay.row[i])) % band.h
+                dc = (int(lay.col[j]) - int(lay.col[i])) % band.w
+                dr, dc = (dr - band.h if dr > band.h // 2 else dr), (dc - band.w if dc > band.w // 2 else dc)
                 if abs(dr) <= r and abs(dc) <= r:
                     # theta is in standardised units: weight on w_j = theta_l / scale_j
                     img[dr + r, dc + r] += float(th[1 + l] / acc.scale[j])
