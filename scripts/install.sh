@@ -9,8 +9,11 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install --quiet torch==2.13.0
 fi
 "$PY" -m pip install --quiet -e ".[test]"
-# Fashion-MNIST ships as a Debian package; install it when we can (root + apt).
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-        || echo "warning: could not install dataset-fashion-mnist; its tests will be skipped" >&2
+# Debian packages the tests use: Fashion-MNIST, and Chromium to open the HTML report.
+need=""
+[ -d /usr/share/datasets/fashion-mnist ] || need="$need dataset-fashion-mnist"
+command -v chromium >/dev/null || need="$need chromium"
+if [ -n "$need" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/dev/null 2>&1 \
+        || echo "warning: could not install$need; the tests that need them will be skipped" >&2
 fi

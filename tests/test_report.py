@@ -1,0 +1,46 @@
+"""The report: generated on small real data and opened in headless Chromium."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from wavescore.report import run_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    run_report("digits", out, n_test=100, n_samples=4, steps=4, sigmas=(0.1, 1.0),
+               configs=[dict(family="gaussian"), dict(family="local", degree=2)], progress=False)
+    return out
+
+
+def test_report_files_and_numbers(report_dir):
+    rep = json.loads((report_dir / "report.json").read_text())
+    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2"}
+    for res in rep["shapley"].values():
+        assert len(res["coalitions"]) == 2 ** len(res["groups"])
+    html = (report_dir / "index.html").read_text()
+    # mse, subbands, two Shapley, shrinkage, filters, samples: all embedded, the page stands alone
+    assert html.count("data:image/png;base64,") == 7
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/install.sh installs it)")
+def test_report_renders_in_chromium(report_dir, tmp_path):
+    page = (report_dir / "index.html").as_uri()
+    profile = tmp_path / "profile"
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                          "--virtual-time-budget=5000", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120)
+    assert 'data-images="ok"' in dom.stdout, "an image failed to load"
+    console_errors = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and ("Uncaught" in l or "Error" in l)]
+    assert not console_errors, console_errors
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2000",
+                    f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
