@@ -81,7 +81,8 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     shap = {}
     for cfg in (dict(family="parent", degree=2, radius=1, bands="same"),
                 dict(family="parent", degree=2, radius=0, bands="all")):
-        m = ScoreMachine(**cfg).fit(train, progress=progress)
+        m = ScoreMachine(**cfg)
+        m = machines[m.name] if m.name in machines else m.fit(train, progress=progress)
         res = analysis.shapley_groups(m, test[:1000], sigmas, progress=progress)
         shap[m.name] = res
         analysis.plot_shapley(res, out / f"shapley_{m.name}.png", f"{m.name}: Shapley attribution")
