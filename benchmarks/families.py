@@ -85,29 +85,9 @@ def markdown_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from wavescore.plots import plot_mse_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sig = result["sigmas"]
-    gauss = result["models"].get("gaussian-P1")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for name, v in result["models"].items():
-        style = "--" if "shared" in name else "-"
-        axes[0].loglog(sig, v["mse"], style, label=name, lw=1.2)
-        if gauss:
-            axes[1].semilogx(sig, [a / b for a, b in zip(v["mse"], gauss["mse"])], style, lw=1.2)
-    axes[0].set(xlabel="σ", ylabel="test MSE per pixel", title=f"{result['data']}: denoising error")
-    axes[1].set(xlabel="σ", ylabel="MSE / MSE(gaussian)", title="relative to the Gaussian score")
-    axes[1].axhline(1, color="k", lw=0.8)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    from wavescore._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    plot_mse_curves(result, path, title=f"{result['data']}: denoising error")
 
 
 if __name__ == "__main__":

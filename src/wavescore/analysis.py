@@ -161,23 +161,15 @@ def local_filters(machine, sigmas: Sequence[float]) -> dict:
 
 # ------------------------------------------------------------------------------ plots
 def _save(fig, path):
-    import matplotlib.pyplot as plt
+    from .plots import save_figure
 
-    from ._io import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plt():
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def plot_subband_errors(res: dict, path, title: str = "") -> None:

@@ -94,13 +94,9 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
 
 def plot_r2(result: dict, path, kind: str = "denoiser") -> None:
     """R^2 against sigma: a line per model, a panel per reference."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ._io import atomic_path
-
+    plt = pyplot()
     refs = list(result["r2"])
     fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(5.5 * max(1, len(refs)), 4.2), squeeze=False)
     for ax, ref in zip(axes[0], refs):
@@ -109,7 +105,4 @@ def plot_r2(result: dict, path, kind: str = "denoiser") -> None:
         ax.set(title=f"R² of {kind} vs {ref}", xlabel="σ", ylabel="R²", ylim=(-0.2, 1.02))
         ax.axhline(0, color="k", lw=0.6)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -35,3 +35,42 @@ def save_image_grid(x: torch.Tensor, path, ncol: int | None = None, scale: int =
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path
+
+
+def plot_mse_curves(result: dict, path, title: str = "denoising error", reference: str = "gaussian-P1") -> Path:
+    """Test MSE against sigma for every model (``evaluate_denoisers`` output), and each
+    model's MSE relative to ``reference``; shared-parameter machines dashed."""
+    plt = pyplot()
+    sig = result["sigmas"]
+    ref = result["models"].get(reference)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for name, v in result["models"].items():
+        style = "--" if "shared" in name else "-"
+        axes[0].loglog(sig, v["mse"], style, label=name, lw=1.2)
+        if ref:
+            axes[1].semilogx(sig, [a / b for a, b in zip(v["mse"], ref["mse"])], style, lw=1.2)
+    axes[0].set(xlabel="σ", ylabel="test MSE per pixel", title=title)
+    axes[1].set(xlabel="σ", ylabel=f"MSE / MSE({reference})", title=f"relative to {reference}")
+    axes[1].axhline(1, color="k", lw=0.8)
+    axes[0].legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)

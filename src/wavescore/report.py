@@ -39,7 +39,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     from .datasets import load_dataset
     from .evaluation import evaluate_denoisers
     from .machine import ScoreMachine
-    from .plots import save_image_grid
+    from .plots import plot_mse_curves, save_image_grid
     from .samplers import sample
 
     out = Path(out)
@@ -67,7 +67,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     t0 = time.perf_counter()
     ev = evaluate_denoisers(machines, test, sigmas, progress=progress)
     report["evaluation"] = ev
-    _plot_mse(ev, out / "mse.png")
+    plot_mse_curves(ev, out / "mse.png")
     report["timings"]["evaluate"] = time.perf_counter() - t0
     stages.update()
 
@@ -114,30 +114,6 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     write_json(out / "report.json", report)
     write_bytes_atomic(out / "index.html", render_html(report, out).encode())
     return report
-
-
-def _plot_mse(ev: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ._io import atomic_path
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    g = ev["models"].get("gaussian-P1")
-    for name, v in ev["models"].items():
-        axes[0].loglog(ev["sigmas"], v["mse"], marker="o", ms=3, label=name)
-        if g:
-            axes[1].semilogx(ev["sigmas"], [a / b for a, b in zip(v["mse"], g["mse"])], marker="o", ms=3)
-    axes[0].set(xlabel="σ", ylabel="test MSE", title="denoising error")
-    axes[1].set(xlabel="σ", ylabel="MSE / MSE(gaussian)", title="relative to the Gaussian score")
-    axes[1].axhline(1, color="k", lw=0.6)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def _img(path: Path, alt: str) -> str:
