@@ -70,15 +70,23 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from ._io import write_json
     from .machine import ScoreMachine
 
-    x = datasets.load_dataset(args.data, args.split, limit=args.limit)
     m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
                      bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge)
-    m.fit(x)
+    sources = args.data or ["mnist"]
+    if args.workers or args.scheduler:
+        from .distributed import fit_distributed, row_shards
+
+        shards = row_shards(sources[0], args.shards, split=args.split) if len(sources) == 1 else sources
+        fit_distributed(m, shards, workers=args.workers, scheduler=args.scheduler, split=args.split)
+    else:
+        if len(sources) > 1:
+            raise WavescoreError("several --data sources need --workers N or --scheduler ADDRESS")
+        m.fit(datasets.load_dataset(sources[0], args.split, limit=args.limit))
     out = m.save(args.output)
-    meta = {"command": " ".join(sys.argv), "data": str(args.data), "split": args.split, "n_images": int(x.shape[0]),
+    meta = {"command": " ".join(sys.argv), "data": sources, "split": args.split, "n_images": m.n_samples_,
             "params": m.get_params(), "name": m.name, "fit_seconds": m.fit_time_}
     write_json(Path(str(out) + ".json"), meta)
-    print(f"fitted {m.name} on {x.shape[0]} images {tuple(x.shape[1:])} in {m.fit_time_:.1f}s -> {out}")
+    print(f"fitted {m.name} on {m.n_samples_} images {m.shape_} in {m.fit_time_:.1f}s -> {out}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -105,7 +113,10 @@ def _add_fit_evaluate(sub: argparse._SubParsersAction) -> None:
     from .evaluation import DEFAULT_SIGMAS
 
     p = sub.add_parser("fit", help="fit a score machine from data moments (one pass)")
-    p.add_argument("--data", default="mnist", help="dataset name or path (default mnist)")
+    p.add_argument("--data", action="append", help="dataset name or path (default mnist); repeat for shards")
+    p.add_argument("--workers", type=int, default=None, help="fit on a local Dask cluster of N workers")
+    p.add_argument("--scheduler", default=None, help="fit on the Dask cluster at this address")
+    p.add_argument("--shards", type=int, default=8, help="row shards of a single --data source (default 8)")
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     _add_machine_args(p)

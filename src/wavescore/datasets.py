@@ -313,13 +313,21 @@ def pad_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to=None, return_labels: bool = False,
-                 root=None):
+                 root=None, rows: tuple[int, int] | None = None):
     """Images (N, C, H, W) float32 in [-1, 1] (and int64 labels, -1 where a source has none).
 
     ``name``: a name from :func:`list_datasets` or a path (``split`` is then ignored);
     ``limit``: keep the first ``limit`` examples of the split; ``pad_to``: see the module notes;
-    ``root``: a folder holding the four Fashion-MNIST IDX files.
+    ``root``: a folder holding the four Fashion-MNIST IDX files; ``rows=(start, stop)``: only
+    those rows (a shard; a ``.npy`` is then memory-mapped, so a shard never reads the rest).
     """
+    if rows is not None:
+        start, stop = (int(r) for r in rows)
+        if not 0 <= start < stop:
+            raise WavescoreError(f"rows must be (start, stop) with 0 <= start < stop, got {rows!r}")
+        if limit is not None:
+            stop = min(stop, start + int(limit))
+        limit = stop
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise WavescoreError(f"limit must be a positive whole number of images, got {limit!r}")
     limit = None if limit is None else int(limit)
@@ -347,6 +355,11 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
                                  "or give a .npy/.npz file or a folder of images")
         if path.is_dir():
             a, y = _load_folder(path)
+        elif path.suffix == ".npy" and rows is not None:
+            try:
+                a, y = np.load(path, mmap_mode="r", allow_pickle=False)[: limit], None
+            except (ValueError, OSError) as exc:
+                raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
         elif path.suffix in (".npy", ".npz"):
             a, y = _load_array_file(path)
         else:
@@ -365,6 +378,10 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
         except (TypeError, ValueError):
             raise WavescoreError(f"{path}: labels must be whole numbers (got {np.asarray(y).dtype}); "
                                  "store them as integers or drop them") from None
+    if rows is not None:
+        images, y = images[rows[0]:], np.asarray(y)[rows[0]:]
+        if len(images) == 0:
+            raise WavescoreError(f"rows {rows} select no images from {name}")
     if pad_to is None:
         side = max(images.shape[-2:])
         target = 1 << (side - 1).bit_length()
