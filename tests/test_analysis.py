@@ -46,3 +46,23 @@ def test_shrinkage_and_filters():
     assert img.shape == (3, 3)
     # the own-coefficient weight is the largest negative score weight (shrinkage toward the mean)
     assert img[1, 1] == img.min() and img[1, 1] < 0
+
+
+def test_schedule_picks_the_better_candidate_per_sigma():
+    from wavescore.analysis import schedule
+
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    cands = {"independent": ScoreMachine(family="independent").fit(train, progress=False),
+             "gaussian": ScoreMachine(family="gaussian").fit(train, progress=False)}
+    sig = [0.05, 0.5, 2.0]
+    sched, res = schedule(cands, test[:150], sig)
+    for k, s in enumerate(sig):
+        best = min(cands, key=lambda n: res["scores"][n][k])
+        assert res["choice"][k] == best
+    # the scheduled machine's error is the per-sigma minimum of its candidates
+    ev = evaluate_denoisers({"s": sched, **cands}, test[:150], sig, progress=False)["models"]
+    for k in range(len(sig)):
+        assert ev["s"]["mse"][k] == min(ev["independent"]["mse"][k], ev["gaussian"]["mse"][k])
+    # agreement mode: scheduling against a reference equal to one candidate always picks it
+    _, res2 = schedule(cands, test[:150], sig, reference=cands["independent"])
+    assert res2["choice"] == ["independent"] * 3

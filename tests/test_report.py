@@ -26,8 +26,9 @@ def test_report_files_and_numbers(report_dir):
     for res in rep["shapley"].values():
         assert len(res["coalitions"]) == 2 ** len(res["groups"])
     html = (report_dir / "index.html").read_text()
-    # mse, subbands, two Shapley, shrinkage, filters, samples: all embedded, the page stands alone
-    assert html.count("data:image/png;base64,") == 7
+    # mse, subbands, two Shapley, schedule, shrinkage, filters, samples: all embedded, the page stands alone
+    assert html.count("data:image/png;base64,") == 8
+    assert len(rep["schedule"]["choice"]) == len(rep["sigmas"])
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/install.sh installs it)")

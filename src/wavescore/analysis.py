@@ -235,3 +235,68 @@ def plot_filters(res: dict, path) -> None:
             if j == 0:
                 axes[i][j].set_ylabel(f"σ={s:g}", fontsize=7)
     _save(fig, path)
+
+
+# ------------------------------------------------------------------------------ scheduling
+class ScheduledMachine:
+    """A sigma-scheduled machine: at each sigma, the candidate chosen on held-out data.
+
+    ``choice`` maps grid sigmas to candidate names; ``denoise(x, s)`` uses the choice at the
+    grid sigma nearest to s in log scale (the way the ELS machine's patch size grows with
+    noise, but chosen by data instead of calibrated by hand)."""
+
+    def __init__(self, candidates: Mapping[str, object], choice: Mapping[float, str]):
+        self.candidates = dict(candidates)
+        self.choice = dict(sorted(choice.items()))
+        first = next(iter(self.candidates.values()))
+        self.shape_ = getattr(first, "shape_", None)
+
+    def pick(self, sigma: float) -> str:
+        grid = np.array(list(self.choice))
+        return self.choice[float(grid[np.argmin(np.abs(np.log(grid) - np.log(sigma)))])]
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if s.numel() == 1:
+            return self.candidates[self.pick(float(s))].denoise(x, float(s))
+        out = torch.empty_like(x)
+        for v in torch.unique(s):
+            sel = s == v
+            out[sel] = self.candidates[self.pick(float(v))].denoise(x[sel], float(v))
+        return out
+
+
+def schedule(candidates: Mapping[str, object], x_val: torch.Tensor, sigmas: Sequence[float], *,
+             reference=None, seed: int = 0) -> tuple[ScheduledMachine, dict]:
+    """Choose a candidate per sigma: lowest held-out denoising MSE, or (with ``reference``, a
+    model with ``denoise``) the highest agreement (lowest MSE to the reference's output)."""
+    x_val = x_val.double()
+    scores: dict[str, list[float]] = {}
+    targets = None
+    if reference is not None:
+        targets = [reference.denoise(x_val + s * noise_for(x_val.shape, k, seed), s).double()
+                   for k, s in enumerate(sigmas)]
+    for name, m in candidates.items():
+        row = []
+        for k, s in enumerate(sigmas):
+            xs = x_val + s * noise_for(x_val.shape, k, seed)
+            target = x_val if targets is None else targets[k]
+            row.append(float(((m.denoise(xs, s).double() - target) ** 2).mean()))
+        scores[name] = row
+    names = list(candidates)
+    choice = {float(s): names[int(np.argmin([scores[n][k] for n in names]))] for k, s in enumerate(sigmas)}
+    return ScheduledMachine(candidates, choice), {"sigmas": list(map(float, sigmas)), "scores": scores,
+                                                   "choice": [choice[float(s)] for s in sigmas]}
+
+
+def plot_schedule(res: dict, locality: Mapping[str, float], path, els_schedule=None, title: str = "") -> None:
+    """Chosen locality (pixels) against sigma, beside the ELS machine's patch-size schedule."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogx(res["sigmas"], [locality[c] for c in res["choice"]], "o-", label="chosen by held-out error")
+    if els_schedule is not None:
+        grid = np.logspace(np.log10(min(res["sigmas"])), np.log10(max(res["sigmas"])), 200)
+        ax.semilogx(grid, [els_schedule(s) for s in grid], "k--", label="ELS patch size (approx. MNIST schedule)")
+    ax.set(xlabel="σ", ylabel="receptive field (pixels)", title=title or "locality against noise level")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -87,6 +87,23 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         shap[m.name] = res
         analysis.plot_shapley(res, out / f"shapley_{m.name}.png", f"{m.name}: Shapley attribution")
     report["shapley"] = shap
+
+    # Locality against noise: translation-equivariant local machines of growing window (and the
+    # global Gaussian score), chosen per sigma on held-out images, beside the ELS schedule.
+    from .baselines import mnist_patch_schedule
+
+    cands, locality = {}, {}
+    for r in (0, 1, 2, 3):
+        m = ScoreMachine(family="local", degree=1, radius=r, shared=True).fit(train, progress=False)
+        cands[m.name] = m
+        locality[m.name] = min(2 * (2 * r + 1), train.shape[-1])  # window width at the finest level, pixels
+    cands["gaussian-P1"] = machines.get("gaussian-P1") or ScoreMachine(family="gaussian").fit(train, progress=False)
+    locality["gaussian-P1"] = train.shape[-1]
+    _, sched = analysis.schedule(cands, test[-500:], sigmas)
+    sched["locality_px"] = locality
+    report["schedule"] = sched
+    analysis.plot_schedule(sched, locality, out / "schedule.png", mnist_patch_schedule,
+                           "window chosen by held-out error vs the ELS patch size")
     report["timings"]["analysis"] = time.perf_counter() - t0
     stages.update()
 
@@ -152,6 +169,10 @@ def render_html(report: dict, out: Path) -> str:
              "<h2>Which dependencies and moments matter (exact Shapley, % of the own-linear MSE)</h2>"]
     for name, res in report["shapley"].items():
         parts += [f"<h3>{html.escape(name)}</h3>", _shapley_table(res), _img(out / f"shapley_{name}.png", name)]
+    sch = report["schedule"]
+    parts += ["<h2>Locality chosen per noise level</h2>",
+              "<p>" + ", ".join(f"σ={s:g}: {html.escape(c)}" for s, c in zip(sch["sigmas"], sch["choice"])) + "</p>",
+              _img(out / "schedule.png", "schedule")]
     parts += ["<h2>Fitted shrinkage curves (independent, P=3)</h2>", _img(out / "shrinkage.png", "shrinkage"),
               "<h2>Fitted local filters (local, P=1, shared)</h2>", _img(out / "filters.png", "filters"),
               "<h2>Samples (same initial noise, one row per machine)</h2>",
