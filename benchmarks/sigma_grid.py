@@ -9,12 +9,14 @@ when theta is linearly interpolated in log sigma from that grid, at the 18-step 
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import time
 
 import torch
 
 from wavescore import ScoreMachine, load_dataset
+from wavescore._io import write_json
 from wavescore.samplers import edm_sigmas
 
 
@@ -51,6 +53,8 @@ def main() -> None:
         out[m.name] = {"solve_median_s": statistics.median(times), "grid256_s": grid_s,
                        "interp_max_rel_error": max(errs)}
         print(m.name, out[m.name], flush=True)
+    out["machine"] = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    write_json("benchmarks/results/sigma_grid.json", out)
     print(json.dumps(out, indent=1))
 
 
