@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from wavescore import ScoreMachine, load_dataset
+from wavescore import ScoreMachine, WavescoreError, load_dataset
 from wavescore._io import write_bytes_atomic, write_json
 from wavescore.plots import save_image_grid
 from wavescore.quality import sample_quality
@@ -55,7 +55,13 @@ def main() -> None:
               "models": {}}
     for name, m in models.items():
         t0 = time.perf_counter()
-        x = sample(m, args.n, steps=args.steps, shape=shape, noise=noise)
+        try:
+            x = sample(m, args.n, steps=args.steps, shape=shape, noise=noise)
+        except WavescoreError as exc:  # e.g. a cubic score whose trajectory diverges
+            result["models"][name] = {"diverged": str(exc)}
+            print(name, "diverged:", exc, flush=True)
+            write_json(out / "generation.json", result)
+            continue
         secs = time.perf_counter() - t0
         save_image_grid(x[:64], out / f"{name}.png", ncol=16)
         q = sample_quality(x, args.data, figure=out / f"{name}_nearest.png")
@@ -71,6 +77,9 @@ def table(result: dict) -> str:
     lines = ["| model | classifier FD | wavelet-packet FD | median NN dist (test: ref) | memorised | classes |",
              "|---|---:|---:|---:|---:|---|"]
     for name, q in result["models"].items():
+        if "diverged" in q:
+            lines.append(f"| {name} | diverged | | | | |")
+            continue
         nn, wp, clf = q["nearest_train_distance"], q["wavelet_packet_fd"], q["classifier_fd"]
         lines.append(f"| {name} | {clf['samples']:.1f} (ref {clf['test_reference']:.1f}) | {wp['samples']:.2f} "
                      f"(ref {wp['test_reference']:.2f}) | {nn['samples_median']:.3f} ({nn['test_median']:.3f}) | "
