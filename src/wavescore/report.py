@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import write_bytes_atomic, write_json
+from ._io import WavescoreError, write_bytes_atomic, write_json
 
 STANDARD = [
     dict(family="gaussian"),
@@ -55,6 +55,10 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     report["n_train"] = len(train)
 
     stages = tqdm(total=6, desc="report", disable=not progress)
+
+    def stage_done():
+        stages.update()
+        write_json(out / "report.json", report)  # partial results survive a later failure
     machines, fit_s = {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
@@ -62,21 +66,21 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         machines[m.name] = m
         fit_s[m.name] = time.perf_counter() - t0
     report["fit_seconds"] = fit_s
-    stages.update()
+    stage_done()
 
     t0 = time.perf_counter()
     ev = evaluate_denoisers(machines, test, sigmas, progress=progress)
     report["evaluation"] = ev
     plot_mse_curves(ev, out / "mse.png")
     report["timings"]["evaluate"] = time.perf_counter() - t0
-    stages.update()
+    stage_done()
 
     t0 = time.perf_counter()
     best_local = machines.get("local-r1-P2") or next(iter(machines.values()))
     split = analysis.subband_errors(best_local, test[:1000], sigmas, best_local.transform_)
     report["subband_errors"] = {best_local.name: split}
     analysis.plot_subband_errors(split, out / "subbands.png", f"{best_local.name}: share of MSE per subband")
-    stages.update()
+    stage_done()
 
     shap = {}
     for cfg in (dict(family="parent", degree=2, radius=1, bands="same"),
@@ -105,7 +109,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     analysis.plot_schedule(sched, locality, out / "schedule.png", mnist_patch_schedule,
                            "window chosen by held-out error vs the ELS patch size")
     report["timings"]["analysis"] = time.perf_counter() - t0
-    stages.update()
+    stage_done()
 
     ind = ScoreMachine(family="independent", degree=3).fit(train, progress=False)
     report["shrinkage"] = analysis.shrinkage_curves(ind, [0.05, 0.2, 1.0])
@@ -113,18 +117,23 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     loc = machines.get("local-r1-P1-shared") or ScoreMachine(family="local", degree=1, shared=True).fit(train, progress=False)
     report["filters"] = analysis.local_filters(loc, [0.05, 0.2, 1.0, 5.0])
     analysis.plot_filters(report["filters"], out / "filters.png")
-    stages.update()
+    stage_done()
 
     t0 = time.perf_counter()
     noise = torch.randn((n_samples, *train.shape[1:]), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    grids = []
+    grids, rows, diverged = [], [], {}
     for name, m in machines.items():
-        x = sample(m, n_samples, steps=steps, noise=noise)
+        try:
+            x = sample(m, n_samples, steps=steps, noise=noise)
+        except WavescoreError as exc:  # a polynomial score can push a trajectory to infinity
+            diverged[name] = str(exc)
+            continue
         grids.append(x[:8])
+        rows.append(name)
     save_image_grid(torch.cat(grids), out / "samples.png", ncol=8)
-    report["samples"] = {"rows": list(machines), "n": n_samples, "steps": steps, "sampler": "heun"}
+    report["samples"] = {"rows": rows, "diverged": diverged, "n": n_samples, "steps": steps, "sampler": "heun"}
     report["timings"]["sample"] = time.perf_counter() - t0
-    stages.update()
+    stage_done()
     stages.close()
 
     report["timings"]["total"] = time.perf_counter() - t_start
@@ -176,7 +185,8 @@ def render_html(report: dict, out: Path) -> str:
     parts += ["<h2>Fitted shrinkage curves (independent, P=3)</h2>", _img(out / "shrinkage.png", "shrinkage"),
               "<h2>Fitted local filters (local, P=1, shared)</h2>", _img(out / "filters.png", "filters"),
               "<h2>Samples (same initial noise, one row per machine)</h2>",
-              "<p>" + ", ".join(html.escape(r) for r in report["samples"]["rows"]) + "</p>",
+              "<p>" + ", ".join(html.escape(r) for r in report["samples"]["rows"])
+              + "".join(f"; <b>{html.escape(n)} diverged</b>" for n in report["samples"]["diverged"]) + "</p>",
               _img(out / "samples.png", "samples")]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%;display:block;margin:8px 0}")
