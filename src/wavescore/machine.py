@@ -80,7 +80,8 @@ class ScoreMachine:
         pooled over positions (translation-equivariant, CNN-like).
     bands : "same" (window in the coefficient's own orientation) or "all" (all three).
     wavelet, levels : the orthonormal transform (levels=None: as many as stay orthonormal).
-    ridge : Tikhonov lambda relative to each feature's noisy second moment (Jacobi-scaled).
+    ridge : Tikhonov lambda relative to each feature's noisy second moment (Jacobi-scaled);
+        for the gaussian family, relative to the mean eigenvalue of the covariance.
 
     Channels (RGB): neighbourhoods stay within a channel and parameters are per channel;
     only the ``gaussian`` family couples channels (through the full covariance).

@@ -36,14 +36,19 @@ def euler(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None) -> torch
     return x
 
 
+def _heun_step(model, x, s, s_next):
+    """Euler step from s to s_next, then the trapezoidal correction (except into sigma = 0)."""
+    d = _d(model, x, s)
+    x_next = x + (s_next - s) * d
+    if s_next > 0:
+        x_next = x + (s_next - s) * 0.5 * (d + _d(model, x_next, s_next))
+    return x_next
+
+
 def heun(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None) -> torch.Tensor:
-    """EDM Algorithm 1: Euler step, then the trapezoidal correction (except into sigma = 0)."""
+    """EDM Algorithm 1: one Heun step per interval of the schedule."""
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        d = _d(model, x, s)
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            x_next = x + (s_next - s) * 0.5 * (d + _d(model, x_next, s_next))
-        x = x_next
+        x = _heun_step(model, x, s, s_next)
     return x
 
 
@@ -57,11 +62,7 @@ def edm_stochastic(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None,
         if gamma > 0:
             eps = torch.randn(x.shape, generator=generator, dtype=x.dtype) * s_noise
             x = x + torch.sqrt(s_hat**2 - s**2) * eps
-        d = _d(model, x, s_hat)
-        x_next = x + (s_next - s_hat) * d
-        if s_next > 0:
-            x_next = x + (s_next - s_hat) * 0.5 * (d + _d(model, x_next, s_next))
-        x = x_next
+        x = _heun_step(model, x, s_hat, s_next)
     return x
 
 

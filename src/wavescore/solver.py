@@ -13,14 +13,13 @@ from .moments import NoisePlan
 
 
 def normal_equations(clean: torch.Tensor, feats: Monomials, plan: NoisePlan | None, t: torch.Tensor,
-                     own_scale: torch.Tensor, own_column: torch.Tensor | None = None):
+                     own_scale: torch.Tensor):
     """Noisy Gram ``G`` (rows, F, F) and Stein right-hand side ``b`` at noise std ``t`` (m,) per
     variable (in standardised units, t_l = sigma / scale_l).
 
     ``clean`` is the clean Gram (rows, F, F) when ``plan`` is None (degree 1), else the clean
-    moments of ``plan.sums`` (rows, S). ``b`` is (rows, F), or (rows, F, K) when
-    ``own_column`` (K,) names K outputs that share one neighbourhood (the global family);
-    ``own_scale`` converts d/du to d/dw for each output (method.md §4, chain rule).
+    moments of ``plan.sums`` (rows, S). ``b`` is (rows, F); ``own_scale`` converts d/du to d/dw
+    for the output (method.md §4, chain rule).
     """
     if plan is None:
         # Degree 1: only E[u_l^2] gains noise, t_l^2 (method.md §5 with P=1).
@@ -30,21 +29,14 @@ def normal_equations(clean: torch.Tensor, feats: Monomials, plan: NoisePlan | No
     else:
         noisy = plan.noisy(clean, t)
         G = noisy[:, torch.as_tensor(plan.pair_index, device=clean.device)]
-    rows, F = G.shape[0], feats.F
-    if own_column is None:
-        b = G.new_zeros(rows, F)
-        if plan is None:
-            b[:, 1] = 1.0
-        else:
-            coef = torch.as_tensor(plan.deriv_coef, dtype=G.dtype, device=G.device)
-            b[:, torch.as_tensor(plan.deriv_feature, device=G.device)] = coef * noisy[:, torch.as_tensor(plan.deriv_sum, device=G.device)]
-        b = b / own_scale.to(G.dtype)
+    b = G.new_zeros(G.shape[0], feats.F)
+    if plan is None:
+        b[:, 1] = 1.0
     else:
-        if plan is not None:
-            raise NotImplementedError("several outputs per neighbourhood are supported at degree 1 only")
-        k = own_column.shape[0]
-        b = G.new_zeros(rows, F, k)
-        b[:, 1 + own_column, torch.arange(k, device=G.device)] = 1.0 / own_scale.to(G.dtype)
+        dev = G.device
+        coef = torch.as_tensor(plan.deriv_coef, dtype=G.dtype, device=dev)
+        b[:, torch.as_tensor(plan.deriv_feature, device=dev)] = coef * noisy[:, torch.as_tensor(plan.deriv_sum, device=dev)]
+    b = b / own_scale.to(G.dtype)
     return G, b
 
 
