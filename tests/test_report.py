@@ -15,8 +15,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
+    from wavescore import ScoreMachine, load_dataset
+
+    reference = ScoreMachine(family="local", degree=1, radius=0, shared=True).fit(load_dataset("digits"), progress=False)
     run_report("digits", out, n_test=100, n_samples=4, steps=4, sigmas=(0.1, 1.0),
-               configs=[dict(family="gaussian"), dict(family="local", degree=2)], progress=False)
+               configs=[dict(family="gaussian"), dict(family="local", degree=2)], network=reference, progress=False)
     return out
 
 
@@ -29,6 +32,8 @@ def test_report_files_and_numbers(report_dir):
     # mse, subbands, two Shapley, schedule, shrinkage, filters, samples: all embedded, the page stands alone
     assert html.count("data:image/png;base64,") == 8
     assert len(rep["schedule"]["choice"]) == len(rep["sigmas"])
+    # agreement with a reference that is one of the candidates picks that candidate
+    assert rep["schedule_network"]["choice"] == ["local-r0-P1-shared"] * 2
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/install.sh installs it)")

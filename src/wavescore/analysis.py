@@ -289,11 +289,15 @@ def schedule(candidates: Mapping[str, object], x_val: torch.Tensor, sigmas: Sequ
                                                    "choice": [choice[float(s)] for s in sigmas]}
 
 
-def plot_schedule(res: dict, locality: Mapping[str, float], path, els_schedule=None, title: str = "") -> None:
-    """Chosen locality (pixels) against sigma, beside the ELS machine's patch-size schedule."""
+def plot_schedule(res: dict, locality: Mapping[str, float], path, els_schedule=None, title: str = "",
+                  extra: Mapping[str, dict] | None = None) -> None:
+    """Chosen locality (pixels) against sigma, beside the ELS machine's patch-size schedule;
+    ``extra`` adds schedules chosen another way (e.g. by agreement with a network)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogx(res["sigmas"], [locality[c] for c in res["choice"]], "o-", label="chosen by held-out error")
+    for label, other in (extra or {}).items():
+        ax.semilogx(other["sigmas"], [locality[c] for c in other["choice"]], "s-", label=label)
     if els_schedule is not None:
         grid = np.logspace(np.log10(min(res["sigmas"])), np.log10(max(res["sigmas"])), 200)
         ax.semilogx(grid, [els_schedule(s) for s in grid], "k--", label="ELS patch size (approx. MNIST schedule)")

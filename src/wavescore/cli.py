@@ -313,7 +313,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from .report import run_report
 
     t0 = time.perf_counter()
-    run_report(args.data, args.output, n_test=args.n_test, n_train=args.n_train)
+    run_report(args.data, args.output, n_test=args.n_test, n_train=args.n_train, network=args.network)
     print(f"report written to {Path(args.output) / 'index.html'} in {time.perf_counter() - t0:.0f}s")
 
 
@@ -324,6 +324,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", default="mnist")
         p.add_argument("--n-test", type=int, default=2000, help="held-out images to evaluate on")
         p.add_argument("--n-train", type=int, default=None, help="training images (default all)")
+        p.add_argument("--network", default=None, help="a trained network (.pt) to also schedule locality against")
         p.add_argument("-o", "--output", default="report")
         p.set_defaults(func=_cmd_report)
 
