@@ -44,20 +44,19 @@ def _load_shard(spec, split: str) -> torch.Tensor:
 
 
 def _shard_moments(spec, params: dict, shape: tuple, shift: torch.Tensor, scale: torch.Tensor, split: str):
-    """Worker task: one shard's accumulator (its grams and count)."""
+    """Worker task: one shard's accumulator (its moment sums and count)."""
     from .machine import ScoreMachine, iter_batches
-    from .moments import MomentAccumulator
 
     m = ScoreMachine(**params)
     transform, groups, feats = m._structure(shape)
-    acc = MomentAccumulator(groups, feats, shift, scale, shared=m.shared)
+    acc = m._accumulator(groups, feats, shift, scale)
     x = _load_shard(spec, split)
     if tuple(x.shape[1:]) != tuple(shape):
         raise WavescoreError(f"shard {spec!r} has images {tuple(x.shape[1:])}, the others {tuple(shape)}: "
                              "every shard must share one image shape")
     for batch in iter_batches(x, m.batch_size):
         acc.update(transform.forward(batch.to(torch.float64)))
-    return acc.grams, acc.count
+    return acc
 
 
 def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | None = None, scheduler: str | None = None,
@@ -91,10 +90,7 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
         from tqdm.auto import tqdm
 
         for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", disable=not progress, leave=False):
-            grams, count = fut.result()
-            part = acc.empty_like()
-            part.grams, part.count = grams, count
-            acc = acc.merge(part)
+            acc = acc.merge(fut.result())
     finally:
         if own_cluster is not None:
             client.close()

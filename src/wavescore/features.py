@@ -56,6 +56,37 @@ class Monomials:
         return out
 
 
+def monomial_set(exps) -> Monomials:
+    """The smallest downward-closed set of monomials containing ``exps`` (k, m), constant
+    first, in degree order: a mixed-degree feature set (e.g. degree 3 over some variables,
+    degree 1 over others) that the noise plan and Stein vector handle like a full one."""
+    exps = np.asarray(exps, dtype=np.int64)
+    if exps.ndim != 2 or exps.shape[1] < 1 or (exps < 0).any():
+        raise WavescoreError(f"monomial exponents must be a non-negative (k, m) array, got shape {exps.shape}")
+    m = exps.shape[1]
+    closed = {tuple(e) for e in exps} | {(0,) * m}
+    frontier = list(closed)
+    while frontier:
+        e = frontier.pop()
+        for l in np.nonzero(e)[0]:
+            f = list(e)
+            f[l] -= 1
+            f = tuple(f)
+            if f not in closed:
+                closed.add(f)
+                frontier.append(f)
+    ordered = sorted(closed, key=lambda e: (sum(e), tuple(-v for v in e)))
+    index = {e: k for k, e in enumerate(ordered)}
+    parent, var = [0], [0]
+    for e in ordered[1:]:
+        last = max(l for l in range(m) if e[l] > 0)  # remove one unit of the last variable used
+        f = list(e)
+        f[last] -= 1
+        parent.append(index[tuple(f)])
+        var.append(last)
+    return Monomials(np.array(ordered, dtype=np.int64).reshape(-1, m), np.asarray(parent), np.asarray(var))
+
+
 @lru_cache(maxsize=64)
 def monomials(m: int, degree: int) -> Monomials:
     """All monomials of total degree <= ``degree`` in ``m`` variables."""

@@ -20,14 +20,17 @@ import numpy as np
 import torch
 
 from ._io import WavescoreError, atomic_path
-from .features import Monomials, monomials
-from .moments import MomentAccumulator, band_standardisation, noise_plan
-from .neighbourhoods import FAMILIES, build_groups
-from .solver import normal_equations, ridge_solve
+from .features import Monomials, monomial_set, monomials
+from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
+from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
+from .solver import normal_equations, ridge_solve, schur_solve
 from .transform import WaveletTransform
 
 FORMAT = "wavescore-machine"
 FORMAT_VERSION = 1
+# Mixed-degree presets: the global linear (Gaussian) term plus a local family's features
+# of degree 2..P (issue 8); ``family="mixed"`` with ``terms=[...]`` declares any other.
+MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "local", "parent"))
 
 
 def _physical_memory() -> int:
@@ -73,7 +76,9 @@ class ScoreMachine:
 
     Parameters
     ----------
-    family : "independent" | "orientation" | "local" | "parent" | "gaussian"
+    family : "independent" | "orientation" | "local" | "parent" | "gaussian", a mixed preset
+        "gaussian+<family>" (global linear terms plus the family's local features of degree
+        2..P), or "mixed" with ``terms``.
     degree : P in {1, 2, 3}: all monomials of total degree <= P over the neighbourhood.
     radius : half-width r of the same-scale (2r+1)x(2r+1) window (local, parent).
     shared : False: parameters per coefficient; True: one vector per band (and channel),
@@ -82,6 +87,9 @@ class ScoreMachine:
     wavelet, levels : the orthonormal transform (levels=None: as many as stay orthonormal).
     ridge : Tikhonov lambda relative to each feature's noisy second moment (Jacobi-scaled);
         for the gaussian family, relative to the mean eigenvalue of the covariance.
+    terms : for ``family="mixed"``: a list of terms, each a dict ``{"family", "degree",
+        "radius", "bands", "kind"}`` (see :class:`wavescore.neighbourhoods.Term`); a
+        ``{"family": "gaussian"}`` term adds every coefficient linearly.
 
     Channels (RGB): neighbourhoods stay within a channel and parameters are per channel;
     only the ``gaussian`` family couples channels (through the full covariance).
@@ -89,7 +97,8 @@ class ScoreMachine:
 
     def __init__(self, family: str = "local", degree: int = 1, radius: int = 1, shared: bool = False,
                  bands: str = "same", wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
-                 *, batch_size: int = 1000, device: str = "cpu", max_memory: float | None = None):
+                 terms: list | None = None, *, batch_size: int = 1000, device: str = "cpu",
+                 max_memory: float | None = None):
         self.family = family
         self.degree = degree
         self.radius = radius
@@ -98,6 +107,7 @@ class ScoreMachine:
         self.wavelet = wavelet
         self.levels = levels
         self.ridge = ridge
+        self.terms = terms
         self.batch_size = batch_size
         self.device = device
         self.max_memory = max_memory
@@ -105,8 +115,19 @@ class ScoreMachine:
 
     # ------------------------------------------------------------------ configuration
     def _validate(self) -> None:
-        if self.family not in FAMILIES:
-            raise WavescoreError(f"unknown family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+        if self.family not in FAMILIES + MIXED_PRESETS + ("mixed",):
+            raise WavescoreError(f"unknown family {self.family!r}: choose one of "
+                                 f"{', '.join(FAMILIES + MIXED_PRESETS)} or 'mixed' with terms=[...]")
+        if (self.family == "mixed") != (self.terms is not None):
+            raise WavescoreError("terms=[...] declares the features of family='mixed' (and only of it)")
+        mixed = self.mixed_terms()
+        if mixed is not None:
+            if self.family != "mixed" and self.degree < 2:
+                raise WavescoreError(f"{self.family} adds local terms of degree 2..P to the global linear "
+                                     "ones: use degree=2 or 3 (degree 1 is the gaussian family)")
+            if self.shared and any(t.family == "gaussian" for t in mixed):
+                raise WavescoreError("global linear terms are per coefficient: shared=True applies only to "
+                                     "mixed families without a gaussian term")
         if self.degree not in (1, 2, 3):
             raise WavescoreError(f"degree must be 1, 2 or 3, got {self.degree!r}")
         if self.family == "gaussian" and self.degree != 1:
@@ -116,7 +137,7 @@ class ScoreMachine:
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("family", "degree", "radius", "shared", "bands", "wavelet",
-                                              "levels", "ridge", "batch_size", "device", "max_memory")}
+                                              "levels", "ridge", "terms", "batch_size", "device", "max_memory")}
 
     def __repr__(self) -> str:
         defaults = ScoreMachine.__new__(ScoreMachine)
@@ -124,9 +145,31 @@ class ScoreMachine:
         args = [f"{k}={v!r}" for k, v in self.get_params().items() if v != getattr(defaults, k)]
         return f"ScoreMachine({', '.join(args)})"
 
+    def mixed_terms(self) -> list[Term] | None:
+        """The terms of a mixed-degree family (None for the base families)."""
+        if self.family == "mixed":
+            if not isinstance(self.terms, (list, tuple)) or not self.terms:
+                raise WavescoreError("family='mixed' needs a non-empty list of terms")
+            return [Term.parse(t) for t in self.terms]
+        if self.family in MIXED_PRESETS:
+            base = self.family.split("+", 1)[1]
+            return [Term("gaussian"), Term(base, self.degree, self.radius, self.bands)]
+        return None
+
     @property
     def name(self) -> str:
-        """Short label, e.g. ``local-r1-P2-shared``."""
+        """Short label, e.g. ``local-r1-P2-shared``, ``gaussian+local-r1-P3``."""
+        if self.family == "mixed":
+            def label(t):
+                if t.family == "gaussian":
+                    return "gaussian"
+                r = f"-r{t.radius}" + ("all" if t.bands == "all" else "") if t.family in ("local", "parent") else ""
+                return f"{t.family}{r}-" + ("sq" if t.kind == "squares" else f"P{t.degree}")
+            return "+".join(label(t) for t in self.mixed_terms()) + ("-shared" if self.shared else "")
+        if self.family in MIXED_PRESETS:
+            base = self.family.split("+", 1)[1]
+            r = f"-r{self.radius}" + ("all" if self.bands == "all" else "") if base in ("local", "parent") else ""
+            return f"{self.family}{r}-P{self.degree}"
         parts = [self.family]
         if self.family in ("local", "parent"):
             parts.append(f"r{self.radius}" + ("all" if self.bands == "all" else ""))
@@ -138,13 +181,35 @@ class ScoreMachine:
     # ------------------------------------------------------------------ structure
     def _structure(self, shape: tuple[int, int, int]):
         transform = WaveletTransform(shape, self.wavelet, self.levels)
-        groups = build_groups(transform.layout, self.family, self.radius, self.bands)
-        feats = [monomials(g.m, self.degree) for g in groups]
+        terms = self.mixed_terms()
+        if terms is None:
+            groups = build_groups(transform.layout, self.family, self.radius, self.bands)
+            feats = [monomials(g.m, self.degree) for g in groups]
+            return transform, groups, feats
+        global_linear, groups, exps = build_mixed_groups(transform.layout, terms)
+        feats = [monomial_set(e) for e in exps]
+        if global_linear:
+            glob = build_groups(transform.layout, "gaussian")
+            groups, feats = glob + groups, [monomials(transform.layout.size, 1)] + feats
         return transform, groups, feats
+
+    @property
+    def _global_mixed(self) -> bool:
+        terms = self.mixed_terms()
+        return terms is not None and any(t.family == "gaussian" for t in terms)
+
+    def _accumulator(self, groups, feats, shift, scale) -> MomentAccumulator:
+        """An empty accumulator of this configuration's moments (used by fit, load and shards)."""
+        if self._global_mixed:
+            cross = build_cross_plan(groups[1:], feats[1:], shift.shape[0])
+            return MixedMomentAccumulator(groups, feats, shift, scale, cross)
+        return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
 
     def memory_estimate(self, shape) -> dict:
         """Bytes this configuration needs for images of ``shape`` (C, H, W), before fitting."""
         shape = tuple(int(s) for s in shape)
+        if self.mixed_terms() is not None:
+            return self._mixed_memory_estimate(shape)
         transform = WaveletTransform(shape, self.wavelet, self.levels)
         groups = build_groups(transform.layout, self.family, self.radius, self.bands)
         from .features import n_features
@@ -164,6 +229,23 @@ class ScoreMachine:
         # accumulator + solve workspace (noisy Gram, Cholesky factor, clean moments) + feature batch
         need = total + 3 * largest + plan + batch
         return {"features": max_f, "groups": len(groups), "moments_bytes": total, "peak_bytes": int(need)}
+
+    def _mixed_memory_estimate(self, shape) -> dict:
+        """Mixed families: local Grams, the global Gram, the cross sums (D, Q) and, per sigma,
+        their smoothed copies and the eigenbasis (solver.schur_solve); never D x D x D."""
+        transform, groups, feats = self._structure(shape)
+        D = transform.layout.size
+        local = sum((1 if self.shared else g.n) * f.F * f.F * 8 for g, f in zip(groups, feats) if g.nbr.shape[0] > 1 or g.n == 1)
+        largest = max(f.F * f.F * g.m * 8 * 2 for g, f in zip(groups, feats) if g.nbr.shape[0] > 1 or g.n == 1)
+        Q = 0
+        if self._global_mixed:
+            Q = build_cross_plan(groups[1:], feats[1:], D).Q
+        cross = D * (1 + D + Q) * 8
+        # accumulator (local + global + cross) + fitted copies (Xc, Y) + per-sigma (Ku, Yq, R, eig) + batch
+        need = local + (D + 1) ** 2 * 8 + cross + 2 * cross + 2 * D * Q * 8 + 4 * D * D * 8 + largest + 2.5e8 + 2e8
+        return {"features": max(f.F for f in feats[1:] or feats) + (D if self._global_mixed else 0),
+                "groups": len(groups), "distinct_monomials": Q, "moments_bytes": int(local + cross + (D + 1) ** 2 * 8),
+                "peak_bytes": int(need)}
 
     def _check_memory(self, shape) -> None:
         est = self.memory_estimate(shape)
@@ -219,7 +301,7 @@ class ScoreMachine:
         self.shape_ = shape
         self.transform_, groups, feats = self._structure(shape)
         shift, scale = band_standardisation(self.transform_.layout, self.transform_.forward(reference.to(torch.float64)))
-        return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
+        return self._accumulator(groups, feats, shift, scale)
 
     def set_moments(self, acc: MomentAccumulator) -> "ScoreMachine":
         """Adopt accumulated moments (e.g. merged shards): the machine is then fitted."""
@@ -235,6 +317,7 @@ class ScoreMachine:
                 self._clean.append(gram[:, split[:, 0], split[:, 1]])
         self._theta_cache: OrderedDict = OrderedDict()
         self._eig = None
+        self._mix = None
         self.keep_ = None
         return self
 
@@ -253,6 +336,12 @@ class ScoreMachine:
             self._theta_cache.move_to_end(sigma)
             return self._theta_cache[sigma]
         acc = self.moments_
+        if self._global_mixed:
+            thetas = self._mixed_theta(sigma)
+            self._theta_cache[sigma] = thetas
+            if len(self._theta_cache) > 64:
+                self._theta_cache.popitem(last=False)
+            return thetas
         thetas = []
         for g, feats, clean in zip(acc.groups, acc.features, self._clean):
             cols = torch.as_tensor(g.nbr[0])
@@ -341,6 +430,70 @@ class ScoreMachine:
         theta[1:] = -(acc.scale[:, None] * a)
         return theta
 
+    def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
+        """Global linear plus local higher-order terms, jointly optimal (method.md §4-5) by
+        block elimination through the covariance eigenbasis (solver.schur_solve).
+
+        Group 0's theta (D+1, D) holds the linear part of every output; each local group's
+        theta holds its psi coefficients (degree >= 2) and the constant that centres them.
+        """
+        acc = self.moments_
+        D = acc.shift.shape[0]
+        scale, shift = acc.scale, acc.shift
+        if self._mix is None:
+            clean0 = self._clean[0][0]
+            ubar, euu = clean0[0, 1:], clean0[1:, 1:]
+            cov_w = scale[:, None] * (euu - torch.outer(ubar, ubar)) * scale[None, :]
+            lam, V = torch.linalg.eigh(cov_w)
+            # Cross moments of every coefficient with [1, u, m_q], centred, in the eigenbasis (w units).
+            ext = torch.cat([ubar[:, None], euu, acc.cross_sum / acc.count], dim=1)
+            mext = torch.cat([ubar.new_ones(1), ubar, acc.mono_sum / acc.count])
+            Xc = ext - torch.outer(ubar, mext)
+            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc, V.T @ (scale[:, None] * Xc))
+        lam, V, mu_w, Xc, Y = self._mix
+        t_all = sigma / scale
+        smooth = acc.cross.smoothing(t_all).t().coalesce()
+        Ku = torch.sparse.mm(smooth, Xc.T).T  # (D, Q): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
+        Yq = torch.sparse.mm(smooth, Y.T).T  # the same in the eigenbasis, w units
+        inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
+        R = torch.zeros(D, D, dtype=torch.float64)
+        thetas: list = [None]
+        for k, (g, feats, clean) in enumerate(zip(acc.groups[1:], acc.features[1:], self._clean[1:])):
+            cols = torch.as_tensor(g.nbr[0])
+            G, b = normal_equations(clean, feats, noise_plan(feats), t_all[cols], scale[cols[0]])
+            deg = feats.exps.sum(1)
+            keep = np.ones(feats.F, dtype=bool) if self.keep_ is None else self.keep_[k + 1]
+            psi = torch.as_tensor(np.nonzero((deg >= 2) & keep)[0])
+            theta = G.new_zeros(g.n, feats.F)
+            thetas.append(theta)
+            if len(psi) == 0:
+                continue
+            lin = torch.as_tensor([int(np.nonzero((feats.exps == np.eye(1, feats.m, l, dtype=np.int64)).all(1))[0][0])
+                                   for l in range(feats.m)])
+            q = torch.as_tensor(acc.cross.feature_q[k])[:, psi]
+            nbr = torch.as_tensor(g.nbr)
+            e_psi = G[:, 0, psi]
+            c_psi = G[:, psi][:, :, psi] - e_psi[:, :, None] * e_psi[:, None, :]
+            sc = scale[nbr][..., None]
+            # Window rows: the true noisy cross moments (they gain the Stein term t^2 E[d psi / d u_j]).
+            k_true = sc * (G[:, lin][:, :, psi] - G[:, 0, lin][:, :, None] * e_psi[:, None, :])
+            k_form = sc * Ku[nbr[:, :, None], q[:, None, :]]
+            delta = k_true - k_form
+            chunk = max(1, int(2e8 // (8 * D * len(psi))))
+            for s in range(0, g.n, chunk):
+                rows = slice(s, s + chunk)
+                Z = Yq[:, q[rows]].permute(1, 0, 2) + V[nbr[rows]].transpose(1, 2) @ delta[rows]
+                beta, zb = schur_solve(Z, c_psi[rows], b[rows][:, psi], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
+                R[:, torch.as_tensor(g.out[rows])] = zb.T
+                theta[rows, psi] = beta
+                theta[rows, 0] = -(beta * e_psi[rows]).sum(1)
+        a_cols = -(V * inv) @ (V.T + R)  # column i: a_i = -C^{-1}(e_i + K_i beta_i)
+        theta0 = torch.empty(D + 1, D, dtype=torch.float64)
+        theta0[0] = (shift - mu_w) @ a_cols
+        theta0[1:] = scale[:, None] * a_cols
+        thetas[0] = theta0
+        return thetas
+
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64."""
         acc = self.moments_
@@ -352,10 +505,11 @@ class ScoreMachine:
             step = max(1, int(1e8 // (nbr.numel() * feats.F * 8)))
             for s in range(0, u.shape[0], step):
                 phi = feats(u[s : s + step][:, nbr])
+                # += : in a mixed family the global and the local terms add up per output.
                 if theta.dim() == 2 and g.nbr.shape[0] == 1 and g.n > 1:
-                    out[s : s + step, torch.as_tensor(g.out)] = phi[:, 0] @ theta
+                    out[s : s + step, torch.as_tensor(g.out)] += phi[:, 0] @ theta
                 else:
-                    out[s : s + step, torch.as_tensor(g.out)] = (phi * theta).sum(-1)
+                    out[s : s + step, torch.as_tensor(g.out)] += (phi * theta).sum(-1)
         return out
 
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -401,6 +555,8 @@ class ScoreMachine:
                   "shift": acc.shift.numpy(), "scale": acc.scale.numpy()}
         for k, gram in enumerate(acc.grams):
             arrays[f"gram{k}"] = gram.numpy()
+        if isinstance(acc, MixedMomentAccumulator):
+            arrays["cross_sum"], arrays["mono_sum"] = acc.cross_sum.numpy(), acc.mono_sum.numpy()
         path = Path(path)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
@@ -426,6 +582,7 @@ class ScoreMachine:
                 shift = torch.from_numpy(z["shift"].copy())
                 scale = torch.from_numpy(z["scale"].copy())
                 grams = [torch.from_numpy(z[f"gram{k}"].copy()) for k in range(header["groups"])]
+                cross = {k: torch.from_numpy(z[k].copy()) for k in ("cross_sum", "mono_sum") if k in z.files}
         except WavescoreError:
             raise
         except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
@@ -434,10 +591,14 @@ class ScoreMachine:
         shape = tuple(header["shape"])
         machine.shape_ = shape
         machine.transform_, groups, feats = machine._structure(shape)
-        acc = MomentAccumulator(groups, feats, shift, scale, shared=machine.shared)
-        if [g.shape for g in grams] != [g.shape for g in acc.grams]:
+        acc = machine._accumulator(groups, feats, shift, scale)
+        mixed = isinstance(acc, MixedMomentAccumulator)
+        if [g.shape for g in grams] != [g.shape for g in acc.grams] or mixed != bool(cross) or (
+                mixed and cross["cross_sum"].shape != acc.cross_sum.shape):
             raise WavescoreError(f"{path} does not match its own configuration (moment shapes differ): {hint}")
         acc.grams, acc.count = grams, int(header["count"])
+        if mixed:
+            acc.cross_sum, acc.mono_sum = cross["cross_sum"], cross["mono_sum"]
         machine.set_moments(acc)
         machine.fit_time_ = header.get("fit_time")
         return machine

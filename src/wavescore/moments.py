@@ -228,3 +228,150 @@ class MomentAccumulator:
         g = self.groups[k]
         pooled = self.shared and g.nbr.shape[0] > 1
         return self.grams[k] / (self.count * (g.n if pooled else 1))
+
+
+@dataclass(frozen=True)
+class CrossPlan:
+    """Cross moments between the global linear terms and the local higher-order features
+    of a mixed-degree family (method.md §5 applied to E[u_j psi(u)] for every j).
+
+    Each local feature of degree >= 2 of every output is a monomial of global coefficient
+    indices; windows overlap, so ``idx`` (Q, P) holds each distinct monomial once (padded
+    with D, a column of ones) and ``feature_q[k]`` (n, F) maps group k's features to it (-1
+    below degree 2). Smoothing: ``E_z[m_q(u + t z)] = sum coef * prod t_var^pow * m_c(u)``
+    with c in the extended index [1, u_1..u_D, m_1..m_Q] (``s_*`` arrays, one entry per term).
+    """
+
+    idx: np.ndarray
+    feature_q: list
+    s_row: np.ndarray  # extended index c
+    s_col: np.ndarray  # q
+    s_coef: np.ndarray
+    s_var: np.ndarray  # (nnz, slots), D where unused
+    s_pow: np.ndarray  # (nnz, slots)
+
+    @property
+    def Q(self) -> int:
+        return self.idx.shape[0]
+
+    def smoothing(self, t: torch.Tensor) -> torch.Tensor:
+        """Sparse (1 + D + Q, Q) matrix of E_z[m_q(u + t z)] over clean monomials, t (D,)."""
+        D = t.shape[0]
+        text = torch.cat([t.to(torch.float64), t.new_ones(1, dtype=torch.float64)])
+        factor = torch.as_tensor(self.s_coef).clone()
+        for slot in range(self.s_var.shape[1]):
+            factor *= text[torch.as_tensor(self.s_var[:, slot])] ** torch.as_tensor(self.s_pow[:, slot])
+        ind = torch.as_tensor(np.stack([self.s_row, self.s_col]))
+        return torch.sparse_coo_tensor(ind, factor, (1 + D + self.Q, self.Q), check_invariants=False).coalesce()
+
+    def evaluate(self, u: torch.Tensor) -> torch.Tensor:
+        """The distinct monomials of a batch: u (N, D) -> (N, Q)."""
+        ext = torch.cat([u, u.new_ones(u.shape[0], 1)], dim=1)
+        out = ext[:, torch.as_tensor(self.idx[:, 0])]
+        for p in range(1, self.idx.shape[1]):
+            out = out * ext[:, torch.as_tensor(self.idx[:, p])]
+        return out
+
+
+def build_cross_plan(groups: Sequence[Group], features: Sequence[Monomials], D: int) -> CrossPlan:
+    degree = max(int(f.exps.sum(1).max()) for f in features)
+    keys, owners = [], []
+    for g, feats in zip(groups, features):
+        deg = feats.exps.sum(1)
+        high = np.nonzero(deg >= 2)[0]
+        # Each feature's variables with multiplicity, as global indices sorted per row.
+        k = np.full((g.n, len(high), degree), D, dtype=np.int64)
+        for j, f in enumerate(high):
+            pos = np.repeat(np.arange(feats.m), feats.exps[f])
+            k[:, j, : len(pos)] = g.nbr[:, pos]
+        keys.append(np.sort(k, axis=2).reshape(-1, degree))
+        owners.append((g.n, feats.F, high))
+    allkeys = np.concatenate(keys, axis=0) if keys else np.zeros((0, degree), dtype=np.int64)
+    idx, inverse = np.unique(allkeys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    feature_q, start = [], 0
+    for n, F, high in owners:
+        fq = np.full((n, F), -1, dtype=np.int64)
+        fq[:, high] = inverse[start : start + n * len(high)].reshape(n, len(high))
+        start += n * len(high)
+        feature_q.append(fq)
+    lookup = {tuple(r): q for q, r in enumerate(idx.tolist())}
+    slots = max(1, degree // 2)
+    rows, cols, coefs, svar, spow = [], [], [], [], []
+    for q, r in enumerate(idx.tolist()):
+        vars_ = [v for v in r if v < D]
+        mult = {v: vars_.count(v) for v in dict.fromkeys(vars_)}
+        choices = [[(v, 2 * j) for j in range(mult[v] // 2 + 1)] for v in mult]
+        for pick in itertools.product(*choices):
+            coef, rem, var, pw = 1.0, [], [], []
+            for v, removed in pick:
+                coef *= comb(mult[v], removed) * gaussian_moment(removed)
+                rem += [v] * (mult[v] - removed)
+                if removed:
+                    var.append(v)
+                    pw.append(removed)
+            rem.sort()
+            if len(rem) == 0:
+                c = 0
+            elif len(rem) == 1:
+                c = 1 + rem[0]
+            else:
+                c = 1 + D + lookup[tuple(rem + [D] * (degree - len(rem)))]
+            rows.append(c)
+            cols.append(q)
+            coefs.append(coef)
+            svar.append(var + [D] * (slots - len(var)))
+            spow.append(pw + [0] * (slots - len(pw)))
+    return CrossPlan(idx=idx, feature_q=feature_q, s_row=np.asarray(rows, dtype=np.int64),
+                     s_col=np.asarray(cols, dtype=np.int64), s_coef=np.asarray(coefs, dtype=np.float64),
+                     s_var=np.asarray(svar, dtype=np.int64).reshape(-1, slots),
+                     s_pow=np.asarray(spow, dtype=np.int64).reshape(-1, slots))
+
+
+class MixedMomentAccumulator(MomentAccumulator):
+    """Moments of a mixed-degree family: the global Gram of [1, u] (group 0), the local
+    feature Grams, and the cross sums ``sum_n u_j m_q(u)`` (D, Q) with ``sum_n m_q(u)`` (Q,)
+    that the block elimination needs (solver.schur_solve). All are sums: ``merge`` is exact."""
+
+    def __init__(self, groups, features, shift, scale, cross: CrossPlan, shared: bool = False,
+                 max_batch_bytes: float = 2.5e8):
+        super().__init__(groups, features, shift, scale, shared=shared, max_batch_bytes=max_batch_bytes)
+        self.cross = cross
+        D = shift.shape[0]
+        self.cross_sum = torch.zeros(D, cross.Q, dtype=torch.float64)
+        self.mono_sum = torch.zeros(cross.Q, dtype=torch.float64)
+
+    def update(self, w: torch.Tensor) -> "MixedMomentAccumulator":
+        super().update(w)
+        u = self.standardise(w).cpu()
+        step = max(1, int(self.max_batch_bytes // (8 * max(1, self.cross.Q))))
+        for s in range(0, u.shape[0], step):
+            ub = u[s : s + step]
+            mono = self.cross.evaluate(ub)
+            self.cross_sum.addmm_(ub.T, mono)
+            self.mono_sum += mono.sum(0)
+        return self
+
+    def _check_compatible(self, other) -> None:
+        super()._check_compatible(other)
+        if not isinstance(other, MixedMomentAccumulator) or other.cross_sum.shape != self.cross_sum.shape:
+            raise WavescoreError("cannot merge moments of a mixed family with those of another family")
+
+    def merge(self, other) -> "MixedMomentAccumulator":
+        out = super().merge(other)
+        out.cross_sum = self.cross_sum + other.cross_sum
+        out.mono_sum = self.mono_sum + other.mono_sum
+        return out
+
+    __add__ = merge
+
+    def empty_like(self) -> "MixedMomentAccumulator":
+        out = MixedMomentAccumulator.__new__(MixedMomentAccumulator)
+        out.groups, out.features, out.shared = self.groups, self.features, self.shared
+        out.shift, out.scale, out.max_batch_bytes = self.shift, self.scale, self.max_batch_bytes
+        out.count = 0
+        out.grams = [torch.zeros_like(gm) for gm in self.grams]
+        out.cross = self.cross
+        out.cross_sum = torch.zeros_like(self.cross_sum)
+        out.mono_sum = torch.zeros_like(self.mono_sum)
+        return out

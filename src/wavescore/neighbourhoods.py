@@ -18,6 +18,7 @@ from ._io import WavescoreError
 from .transform import Band, Layout
 
 FAMILIES = ("independent", "orientation", "local", "parent", "gaussian")
+TERM_KINDS = ("all", "squares")
 
 
 @dataclass
@@ -89,3 +90,98 @@ def build_groups(layout: Layout, family: str, radius: int = 1, bands: str = "sam
                         columns.append(layout.index(c, band.level + 1, o, rows // 2, cols // 2))
             groups.append(Group(f"{band.name}/c{c}", np.asarray(out), np.stack(columns, axis=1)))
     return groups
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of a mixed-degree family: a neighbourhood and the monomials taken over it.
+
+    ``kind="all"``: every monomial of total degree <= ``degree`` over the neighbourhood.
+    ``kind="squares"``: the squared magnitudes u_j^2 of the neighbours and their products
+    with the own coefficient, u_own u_j^2: the variance-predicting structure of
+    Gaussian-scale-mixture wavelet denoisers (the own coefficient is shrunk by an amount set
+    by the local energy). A ``gaussian`` term is the global linear term (degree 1 over every
+    coefficient); the machine solves it by block elimination (solver.schur_solve).
+    """
+
+    family: str
+    degree: int = 1
+    radius: int = 1
+    bands: str = "same"
+    kind: str = "all"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise WavescoreError(f"unknown term family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+        if self.kind not in TERM_KINDS:
+            raise WavescoreError(f"unknown term kind {self.kind!r}: choose one of {', '.join(TERM_KINDS)}")
+        if self.degree not in (1, 2, 3):
+            raise WavescoreError(f"a term's degree must be 1, 2 or 3, got {self.degree!r}")
+        if self.family == "gaussian" and (self.degree != 1 or self.kind != "all"):
+            raise WavescoreError("a gaussian term is the global linear term: degree=1, kind='all'")
+
+    @classmethod
+    def parse(cls, spec) -> "Term":
+        if isinstance(spec, Term):
+            return spec
+        if not isinstance(spec, dict):
+            raise WavescoreError(f"a term is a dict like {{'family': 'local', 'degree': 3, 'radius': 1}}, got {spec!r}")
+        unknown = set(spec) - {"family", "degree", "radius", "bands", "kind"}
+        if unknown or "family" not in spec:
+            raise WavescoreError(f"a term needs 'family' and may set degree, radius, bands, kind; got {sorted(spec)}")
+        return cls(**spec)
+
+    def as_dict(self) -> dict:
+        return {"family": self.family, "degree": self.degree, "radius": self.radius, "bands": self.bands,
+                "kind": self.kind}
+
+
+def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[np.ndarray]]:
+    """Local groups of a mixed-degree family and, per group, the generating monomial
+    exponents (k, m) over the union of the terms' neighbourhoods (to be closed downward).
+
+    Returns ``(global_linear, groups, exps)``; ``global_linear`` is True when a gaussian
+    term is present (every coefficient then also enters linearly).
+    """
+    terms = [Term.parse(t) for t in terms]
+    if not terms:
+        raise WavescoreError("a mixed family needs at least one term")
+    global_linear = any(t.family == "gaussian" for t in terms)
+    local = [t for t in terms if t.family != "gaussian"]
+    if not local:
+        raise WavescoreError("a mixed family needs a local term beside the gaussian one (or use family='gaussian')")
+    per_term = [build_groups(layout, t.family, t.radius, t.bands) for t in local]
+    groups, exps = [], []
+    for k in range(len(per_term[0])):
+        columns, key_to_col, term_cols = [], {}, []
+        for gs in per_term:
+            g = gs[k]
+            cols = []
+            for l in range(g.m):
+                key = g.nbr[:, l].tobytes()
+                if key not in key_to_col:
+                    key_to_col[key] = len(columns)
+                    columns.append(g.nbr[:, l])
+                cols.append(key_to_col[key])
+            term_cols.append(cols)
+        m = len(columns)
+        gen = []
+        for t, cols in zip(local, term_cols):
+            if t.kind == "all":
+                from .features import monomials
+
+                sub = monomials(len(cols), t.degree).exps
+                e = np.zeros((sub.shape[0], m), dtype=np.int64)
+                e[:, cols] = sub
+                gen.append(e)
+            else:
+                for c in cols[1:]:
+                    sq = np.zeros((2, m), dtype=np.int64)
+                    sq[:, c] = 2
+                    sq[1, 0] += 1
+                    gen.append(sq)
+                if len(cols) == 1:
+                    gen.append(np.eye(1, m, 0, dtype=np.int64) * 3)  # alone: the own cubic
+        groups.append(Group(per_term[0][k].name, per_term[0][k].out, np.stack(columns, axis=1)))
+        exps.append(np.concatenate(gen, axis=0))
+    return global_linear, groups, exps
