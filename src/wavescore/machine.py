@@ -31,6 +31,10 @@ FORMAT_VERSION = 1
 # Mixed-degree presets: the global linear (Gaussian) term plus a local family's features
 # of degree 2..P (issue 8); ``family="mixed"`` with ``terms=[...]`` declares any other.
 MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "local", "parent"))
+# Automatic choice (select=True): per sigma on this grid, the sub-family of degree <= d and
+# the ridge with the lowest held-out denoising error; other sigmas use the nearest grid point.
+SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
+SELECT_RIDGES = (1e-6, 1e-4, 1e-2)
 
 
 def _physical_memory() -> int:
@@ -90,6 +94,9 @@ class ScoreMachine:
     terms : for ``family="mixed"``: a list of terms, each a dict ``{"family", "degree",
         "radius", "bands", "kind"}`` (see :class:`wavescore.neighbourhoods.Term`); a
         ``{"family": "gaussian"}`` term adds every coefficient linearly.
+    select : choose, per sigma, the sub-family (features of degree <= d, d = 1..P) and the
+        ridge by denoising error on ``holdout`` of the training images (fitted on the rest);
+        the final moments use all images and the choice is saved with the machine (``choice_``).
 
     Channels (RGB): neighbourhoods stay within a channel and parameters are per channel;
     only the ``gaussian`` family couples channels (through the full covariance).
@@ -97,8 +104,8 @@ class ScoreMachine:
 
     def __init__(self, family: str = "local", degree: int = 1, radius: int = 1, shared: bool = False,
                  bands: str = "same", wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
-                 terms: list | None = None, *, batch_size: int = 1000, device: str = "cpu",
-                 max_memory: float | None = None):
+                 terms: list | None = None, select: bool = False, holdout: float = 0.1, *, batch_size: int = 1000,
+                 device: str = "cpu", max_memory: float | None = None):
         self.family = family
         self.degree = degree
         self.radius = radius
@@ -108,6 +115,8 @@ class ScoreMachine:
         self.levels = levels
         self.ridge = ridge
         self.terms = terms
+        self.select = select
+        self.holdout = holdout
         self.batch_size = batch_size
         self.device = device
         self.max_memory = max_memory
@@ -134,10 +143,13 @@ class ScoreMachine:
             raise WavescoreError("the gaussian family is global and linear: use degree=1")
         if self.ridge < 0:
             raise WavescoreError(f"ridge must be >= 0, got {self.ridge}")
+        if self.select and not 0 < self.holdout < 0.5:
+            raise WavescoreError(f"holdout is the fraction of training images kept aside for select=True: "
+                                 f"choose it in (0, 0.5), got {self.holdout}")
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("family", "degree", "radius", "shared", "bands", "wavelet",
-                                              "levels", "ridge", "terms", "batch_size", "device", "max_memory")}
+                                              "levels", "ridge", "terms", "select", "holdout", "batch_size", "device", "max_memory")}
 
     def __repr__(self) -> str:
         defaults = ScoreMachine.__new__(ScoreMachine)
@@ -276,20 +288,79 @@ class ScoreMachine:
         total = None
         if isinstance(data, (torch.Tensor, np.ndarray)):
             total = -(-len(data) // self.batch_size)
-        acc = None
+        acc = held = None
+        held_x: list = []
         bar = tqdm(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}",
                    unit="batch", disable=not progress, leave=False)
         for batch in bar:
             if acc is None:
                 acc = self.new_accumulator(batch)
+                held = acc.empty_like()
             elif tuple(batch.shape[1:]) != self.shape_:
                 raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
-            acc.update(self.transform_.forward(batch.to(torch.float64)))
+            w = self.transform_.forward(batch.to(torch.float64))
+            h = int(round(self.holdout * batch.shape[0])) if self.select else 0
+            if h:
+                # The first rows of every batch are held out: a split that needs no second pass.
+                held.update(w[:h])
+                if sum(len(x) for x in held_x) < 2000:
+                    held_x.append(batch[:h].to(torch.float64))
+            acc.update(w[h:])
         if acc is None:
             raise WavescoreError("no images to fit: the data is empty")
+        choice = None
+        if self.select:
+            if not held_x or acc.count < 2:
+                raise WavescoreError("select=True needs more images: the held-out split is empty; "
+                                     "fit on more data or raise holdout")
+            self.set_moments(acc)
+            choice = self._choose(torch.cat(held_x)[:2000], progress=progress)
+            acc = acc.merge(held)
         self.set_moments(acc)
+        self.choice_ = choice
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _max_degree(self) -> int:
+        return max(int(f.exps.sum(1).max()) for f in self.moments_.features)
+
+    def _variant(self, max_degree: int, ridge: float) -> "ScoreMachine":
+        """The sub-family of features of degree <= ``max_degree`` with another ridge, sharing
+        this machine's moments and caches (no refit, method.md §5)."""
+        key = (int(max_degree), float(ridge))
+        if key in self._variants:
+            return self._variants[key]
+        if self._global_mixed:
+            self._mixed_cache()
+        out = ScoreMachine.__new__(ScoreMachine)
+        out.__dict__.update(self.__dict__)
+        out.ridge, out.select, out.choice_ = float(ridge), False, None
+        out._theta_cache, out._variants = OrderedDict(), {}
+        if max_degree < self._max_degree():
+            out.keep_ = [f.exps.sum(1) <= max_degree for f in self.moments_.features]
+        self._variants[key] = out
+        return out
+
+    def _choose(self, x: torch.Tensor, progress: bool = True) -> dict:
+        """Held-out denoising MSE of every (degree, ridge) candidate on the sigma grid; the
+        same seeded noise for every candidate, so the comparison is paired."""
+        from tqdm.auto import tqdm
+
+        from .evaluation import noise_for
+
+        cands = [(d, r) for d in range(1, self._max_degree() + 1) for r in SELECT_RIDGES]
+        mse = np.zeros((len(SELECT_SIGMAS), len(cands)))
+        for k, s in enumerate(tqdm(SELECT_SIGMAS, desc="select", disable=not progress, leave=False)):
+            y = x + s * noise_for(x.shape, k, seed=20261129)
+            for j, c in enumerate(cands):
+                v = self._variant(*c)
+                mse[k, j] = float(((v.denoise(y, s) - x) ** 2).mean())
+                v._theta_cache.clear()
+        best = mse.argmin(1)
+        self._variants = {}
+        return {"sigmas": list(SELECT_SIGMAS), "candidates": [[d, r] for d, r in cands], "best": best.tolist(),
+                "mse": mse.tolist(), "n_images": int(x.shape[0]),
+                "chosen": [f"P<={cands[b][0]}, ridge {cands[b][1]:g}" for b in best]}
 
     def new_accumulator(self, reference: torch.Tensor) -> MomentAccumulator:
         """An empty accumulator for images like ``reference``, standardised by its band statistics.
@@ -318,7 +389,9 @@ class ScoreMachine:
         self._theta_cache: OrderedDict = OrderedDict()
         self._eig = None
         self._mix = None
+        self._variants: dict = {}
         self.keep_ = None
+        self.choice_ = None
         return self
 
     def _require_fitted(self) -> None:
@@ -332,6 +405,11 @@ class ScoreMachine:
         sigma = float(sigma)
         if not sigma > 0 or not np.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        if getattr(self, "choice_", None) and self.keep_ is None:
+            ch = self.choice_
+            j = int(np.argmin(np.abs(np.log(np.asarray(ch["sigmas"])) - np.log(sigma))))
+            d, r = ch["candidates"][ch["best"][j]]
+            return self._variant(d, r).parameters(sigma)
         if sigma in self._theta_cache:
             self._theta_cache.move_to_end(sigma)
             return self._theta_cache[sigma]
@@ -430,6 +508,22 @@ class ScoreMachine:
         theta[1:] = -(acc.scale[:, None] * a)
         return theta
 
+    def _mixed_cache(self):
+        """Once per fit: the covariance eigenbasis and the centred cross moments of every
+        coefficient with [1, u, m_q], also rotated into the eigenbasis (w units)."""
+        if self._mix is None:
+            acc = self.moments_
+            scale, shift = acc.scale, acc.shift
+            clean0 = self._clean[0][0]
+            ubar, euu = clean0[0, 1:], clean0[1:, 1:]
+            cov_w = scale[:, None] * (euu - torch.outer(ubar, ubar)) * scale[None, :]
+            lam, V = torch.linalg.eigh(cov_w)
+            ext = torch.cat([ubar[:, None], euu, acc.cross_sum / acc.count], dim=1)
+            mext = torch.cat([ubar.new_ones(1), ubar, acc.mono_sum / acc.count])
+            Xc = ext - torch.outer(ubar, mext)
+            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc, V.T @ (scale[:, None] * Xc))
+        return self._mix
+
     def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
         """Global linear plus local higher-order terms, jointly optimal (method.md §4-5) by
         block elimination through the covariance eigenbasis (solver.schur_solve).
@@ -440,17 +534,7 @@ class ScoreMachine:
         acc = self.moments_
         D = acc.shift.shape[0]
         scale, shift = acc.scale, acc.shift
-        if self._mix is None:
-            clean0 = self._clean[0][0]
-            ubar, euu = clean0[0, 1:], clean0[1:, 1:]
-            cov_w = scale[:, None] * (euu - torch.outer(ubar, ubar)) * scale[None, :]
-            lam, V = torch.linalg.eigh(cov_w)
-            # Cross moments of every coefficient with [1, u, m_q], centred, in the eigenbasis (w units).
-            ext = torch.cat([ubar[:, None], euu, acc.cross_sum / acc.count], dim=1)
-            mext = torch.cat([ubar.new_ones(1), ubar, acc.mono_sum / acc.count])
-            Xc = ext - torch.outer(ubar, mext)
-            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc, V.T @ (scale[:, None] * Xc))
-        lam, V, mu_w, Xc, Y = self._mix
+        lam, V, mu_w, Xc, Y = self._mixed_cache()
         t_all = sigma / scale
         smooth = acc.cross.smoothing(t_all).t().coalesce()
         Ku = torch.sparse.mm(smooth, Xc.T).T  # (D, Q): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
@@ -550,6 +634,7 @@ class ScoreMachine:
             "count": acc.count,
             "groups": len(acc.grams),
             "fit_time": getattr(self, "fit_time_", None),
+            "choice": getattr(self, "choice_", None),
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                   "shift": acc.shift.numpy(), "scale": acc.scale.numpy()}
@@ -601,4 +686,5 @@ class ScoreMachine:
             acc.cross_sum, acc.mono_sum = cross["cross_sum"], cross["mono_sum"]
         machine.set_moments(acc)
         machine.fit_time_ = header.get("fit_time")
+        machine.choice_ = header.get("choice")
         return machine
