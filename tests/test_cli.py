@@ -34,3 +34,16 @@ def test_cli_errors(tmp_path, capsys):
     assert "--sigmas" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
+
+
+def test_fit_mixed_with_select_and_terms(tmp_path, capsys):
+    wsm = tmp_path / "mix.wsm"
+    assert main(["fit", "--data", "digits", "--family", "gaussian+local", "--degree", "2", "--select", "-o", str(wsm)]) == 0
+    assert "fitted gaussian+local-r1-P2" in capsys.readouterr().out
+    m = ScoreMachine.load(wsm)
+    assert m.select and len(m.choice_["best"]) == len(m.choice_["sigmas"]) and m.n_samples_ == 1437
+    terms = '[{"family": "gaussian"}, {"family": "local", "radius": 1, "kind": "squares"}]'
+    assert main(["fit", "--data", "digits", "--family", "mixed", "--terms", terms, "-o", str(tmp_path / "t.wsm")]) == 0
+    assert "gaussian+local-r1-sq" in capsys.readouterr().out
+    assert main(["fit", "--data", "digits", "--family", "mixed", "--terms", "[{", "-o", str(tmp_path / "u.wsm")]) == 2
+    assert "--terms must be a JSON list" in capsys.readouterr().err

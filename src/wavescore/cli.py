@@ -55,7 +55,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- fit / evaluate
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default="local", choices=["independent", "orientation", "local", "parent", "gaussian"])
+    p.add_argument("--family", default="local",
+                   choices=["independent", "orientation", "local", "parent", "gaussian", "gaussian+independent",
+                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "mixed"],
+                   help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
+                        "mixed: the terms given by --terms")
+    p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
+                                   '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
+    p.add_argument("--select", action="store_true",
+                   help="choose the sub-family degree and ridge per sigma by held-out denoising error")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of training images held out for --select")
     p.add_argument("--degree", type=int, default=1, choices=[1, 2, 3])
     p.add_argument("--radius", type=int, default=1)
     p.add_argument("--bands", default="same", choices=["same", "all"])
@@ -70,9 +79,18 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from ._io import write_json
     from .machine import ScoreMachine
 
+    terms = None
+    if args.terms is not None:
+        try:
+            terms = json.loads(args.terms)
+        except json.JSONDecodeError as exc:
+            raise WavescoreError(f"--terms must be a JSON list of terms ({exc}); see `wavescore fit --help`") from None
     m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
-                     bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge)
+                     bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge, terms=terms,
+                     select=args.select, holdout=args.holdout)
     sources = args.data or ["mnist"]
+    if args.select and (args.workers or args.scheduler):
+        raise WavescoreError("--select runs in one process: drop --workers/--scheduler, or fit without --select")
     if args.workers or args.scheduler:
         from .distributed import fit_distributed, row_shards
 

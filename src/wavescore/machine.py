@@ -217,30 +217,60 @@ class ScoreMachine:
             return MixedMomentAccumulator(groups, feats, shift, scale, cross)
         return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
 
-    def memory_estimate(self, shape) -> dict:
-        """Bytes this configuration needs for images of ``shape`` (C, H, W), before fitting."""
+    def memory_estimate(self, shape, n_images: int | None = None) -> dict:
+        """Peak bytes a fit (one pass, then one solve) of images of ``shape`` (C, H, W) needs,
+        above what is resident before it (the data itself not counted), predicted before fitting.
+
+        ``n_images`` (default: a full batch, ``batch_size``) only matters below one batch. The
+        model, term by term (every term a buffer the code allocates; ``wavescore.profiling``
+        measures the real peak and ``tests/test_scale.py`` checks measured <= predicted <= 2x):
+
+        - pass: the moment sums, the transform of one float64 batch (input, per-level products
+          and the flat output: 4.5 batch copies) and the update (coefficients, their
+          standardised transpose and one chunk of features, ``_gram.chunk_bytes``);
+        - solve: the sums, the clean moments, and for the largest group its noisy moments,
+          noisy Gram, Jacobi-scaled and ridged copies and Cholesky factor (the global family:
+          covariance, eigenvectors and the inverse, about 8 D x D);
+        - then 15% and 64 MiB for the allocator (freed blocks it keeps mapped).
+        """
         shape = tuple(int(s) for s in shape)
         if self.mixed_terms() is not None:
             return self._mixed_memory_estimate(shape)
-        transform = WaveletTransform(shape, self.wavelet, self.levels)
-        groups = build_groups(transform.layout, self.family, self.radius, self.bands)
+        from math import comb
+
+        from ._gram import chunk_bytes
         from .features import n_features
 
-        total = largest = 0
+        transform = WaveletTransform(shape, self.wavelet, self.levels)
+        groups = build_groups(transform.layout, self.family, self.radius, self.bands)
+        D = transform.layout.size
+        n = max(1, min(self.batch_size, n_images or self.batch_size))
+        batch = n * D * 8
+        total = clean = largest = chunk = plan = 0
         max_f = 0
-        plan = 0
         for g in groups:
             F = n_features(g.m, self.degree)
             rows = 1 if (self.shared or g.nbr.shape[0] == 1) else g.n
-            total += rows * F * F * 8
-            largest = max(largest, rows * F * F * 8)
+            gram = rows * F * F * 8
+            total += gram
+            S = F * F if self.degree == 1 else comb(g.m + 2 * self.degree, 2 * self.degree)
+            clean += rows * S * 8
+            global_linear = g.nbr.shape[0] == 1 and g.n > 1
+            # noisy Gram, scaled copy, ridge copy, Cholesky factor, solution; the noise plan's
+            # dense expansion of the clean moments (<= 3 S entries per row, capped at 2e7 by moments.py)
+            solve = (8 * gram) if global_linear else (5 * gram + rows * S * 8 + 2 * min(3 * rows * S, 2e7) * 8)
+            largest = max(largest, solve)
             max_f = max(max_f, F)
+            chunk = max(chunk, chunk_bytes(g.nbr.shape[0], g.m, F, n, rows > 1))
             if self.degree > 1:
                 plan = max(plan, F * F * g.m * 8 * 2)
-        batch = 2.5e8
-        # accumulator + solve workspace (noisy Gram, Cholesky factor, clean moments) + feature batch
-        need = total + 3 * largest + plan + batch
-        return {"features": max_f, "groups": len(groups), "moments_bytes": total, "peak_bytes": int(need)}
+        # The allocator keeps much of what the transform freed mapped while the update runs,
+        # so the two add up rather than overlap (measured: they do).
+        pass_bytes = total + 4.5 * batch + 2 * batch + chunk
+        solve_bytes = total + clean + largest + plan
+        need = 1.15 * max(pass_bytes, solve_bytes) + 64 * 2**20
+        return {"features": max_f, "groups": len(groups), "moments_bytes": int(total), "pass_bytes": int(pass_bytes),
+                "solve_bytes": int(solve_bytes), "peak_bytes": int(need)}
 
     def _mixed_memory_estimate(self, shape) -> dict:
         """Mixed families: local Grams, the global Gram, the cross sums (D, Q) and, per sigma,
@@ -298,7 +328,7 @@ class ScoreMachine:
                 held = acc.empty_like()
             elif tuple(batch.shape[1:]) != self.shape_:
                 raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
-            w = self.transform_.forward(batch.to(torch.float64))
+            w = self.transform_.forward(batch.to(device=self.device, dtype=torch.float64))
             h = int(round(self.holdout * batch.shape[0])) if self.select else 0
             if h:
                 # The first rows of every batch are held out: a split that needs no second pass.
@@ -371,8 +401,11 @@ class ScoreMachine:
         self._check_memory(shape)
         self.shape_ = shape
         self.transform_, groups, feats = self._structure(shape)
-        shift, scale = band_standardisation(self.transform_.layout, self.transform_.forward(reference.to(torch.float64)))
-        return self._accumulator(groups, feats, shift, scale)
+        # Standardisation on the CPU (the same constants whatever the device, so shards agree);
+        # the sums then live on ``self.device`` (MomentAccumulator.update follows the data).
+        shift, scale = band_standardisation(self.transform_.layout,
+                                            self.transform_.forward(reference.detach().cpu().to(torch.float64)))
+        return self._accumulator(groups, feats, shift.to(self.device), scale.to(self.device))
 
     def set_moments(self, acc: MomentAccumulator) -> "ScoreMachine":
         """Adopt accumulated moments (e.g. merged shards): the machine is then fitted."""
@@ -503,7 +536,7 @@ class ScoreMachine:
         inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
         a = (vec * inv) @ vec.T  # (Sigma + s^2 I)^{-1}
         # c = -A (w - mu) with w = shift + scale * u, written over the features [1, u].
-        theta = torch.empty(a.shape[0] + 1, a.shape[0], dtype=a.dtype)
+        theta = torch.empty(a.shape[0] + 1, a.shape[0], dtype=a.dtype, device=a.device)
         theta[0] = -(a @ (acc.shift - mu_w))
         theta[1:] = -(acc.scale[:, None] * a)
         return theta
@@ -521,7 +554,9 @@ class ScoreMachine:
             ext = torch.cat([ubar[:, None], euu, acc.cross_sum / acc.count], dim=1)
             mext = torch.cat([ubar.new_ones(1), ubar, acc.mono_sum / acc.count])
             Xc = ext - torch.outer(ubar, mext)
-            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc, V.T @ (scale[:, None] * Xc))
+            # Stored transposed (rows = [1, u, m_q]) so the per-sigma sparse products read contiguously.
+            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc.T.contiguous(),
+                         (V.T @ (scale[:, None] * Xc)).T.contiguous())
         return self._mix
 
     def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
@@ -534,11 +569,11 @@ class ScoreMachine:
         acc = self.moments_
         D = acc.shift.shape[0]
         scale, shift = acc.scale, acc.shift
-        lam, V, mu_w, Xc, Y = self._mixed_cache()
+        lam, V, mu_w, XcT, YT = self._mixed_cache()
         t_all = sigma / scale
         smooth = acc.cross.smoothing(t_all).t().coalesce()
-        Ku = torch.sparse.mm(smooth, Xc.T).T  # (D, Q): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
-        Yq = torch.sparse.mm(smooth, Y.T).T  # the same in the eigenbasis, w units
+        KuT = torch.sparse.mm(smooth, XcT)  # (Q, D): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
+        YqT = torch.sparse.mm(smooth, YT)  # (Q, D): the same in the eigenbasis, w units
         inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
         R = torch.zeros(D, D, dtype=torch.float64)
         thetas: list = [None]
@@ -561,13 +596,15 @@ class ScoreMachine:
             sc = scale[nbr][..., None]
             # Window rows: the true noisy cross moments (they gain the Stein term t^2 E[d psi / d u_j]).
             k_true = sc * (G[:, lin][:, :, psi] - G[:, 0, lin][:, :, None] * e_psi[:, None, :])
-            k_form = sc * Ku[nbr[:, :, None], q[:, None, :]]
+            k_form = sc * KuT[q[:, None, :], nbr[:, :, None]]
             delta = k_true - k_form
-            chunk = max(1, int(2e8 // (8 * D * len(psi))))
+            # ~16 MB blocks: large enough for the batched products, small enough that the
+            # allocator reuses them instead of mapping fresh pages every chunk.
+            chunk = max(1, int(1.6e7 // (8 * D * len(psi))))
             for s in range(0, g.n, chunk):
                 rows = slice(s, s + chunk)
-                Z = Yq[:, q[rows]].permute(1, 0, 2) + V[nbr[rows]].transpose(1, 2) @ delta[rows]
-                beta, zb = schur_solve(Z, c_psi[rows], b[rows][:, psi], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
+                KT = YqT[q[rows]] + delta[rows].transpose(1, 2) @ V[nbr[rows]]  # (rows, F, D)
+                beta, zb = schur_solve(KT, c_psi[rows], b[rows][:, psi], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
                 R[:, torch.as_tensor(g.out[rows])] = zb.T
                 theta[rows, psi] = beta
                 theta[rows, 0] = -(beta * e_psi[rows]).sum(1)
@@ -602,22 +639,50 @@ class ScoreMachine:
         _check_images(x)
         if tuple(x.shape[1:]) != self.shape_:
             raise WavescoreError(f"this machine was fitted on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
-        sig = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
         if sig.numel() not in (1, x.shape[0]):
             raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
         if not torch.isfinite(x).all():
             raise WavescoreError("the input images contain NaN or inf")
+        self._place()  # computed on self.device, returned on x's device
         out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
         sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
         for value in torch.unique(sig):
-            sel = sig == value
-            w = self.transform_.forward(x[sel].to(torch.float64))
-            out[sel] = self.transform_.inverse(self.wavelet_score(w, float(value)))
+            sel = (sig == value).to(x.device)
+            w = self.transform_.forward(x[sel].to(device=self.device, dtype=torch.float64))
+            out[sel] = self.transform_.inverse(self.wavelet_score(w, float(value))).to(x.device)
         return out.to(x.dtype)
+
+    def to(self, device) -> "ScoreMachine":
+        """Compute on ``device`` from now on ("cpu", "cuda", "cuda:1"); fitted moments move there.
+
+        Returns self. Scores and denoised images come back on the device of their input."""
+        self.device = str(device)
+        if hasattr(self, "moments_"):
+            self._place()
+        return self
+
+    def _place(self) -> None:
+        """Move the fitted moments and derived state to ``self.device`` if they are elsewhere."""
+        dev = torch.empty(0, device=self.device).device  # "cuda" -> "cuda:0"
+        acc = self.moments_
+        if acc.shift.device == dev:
+            return
+        for key, val in list(vars(acc).items()):
+            if isinstance(val, torch.Tensor):
+                setattr(acc, key, val.to(dev))
+            elif isinstance(val, list) and val and all(isinstance(t, torch.Tensor) for t in val):
+                setattr(acc, key, [t.to(dev) for t in val])
+        self._clean = [c.to(dev) for c in self._clean]
+        self._theta_cache = OrderedDict()  # solved on the old device: solve again
+        self._eig = None
+        for key in ("_mix", "_variants"):
+            if hasattr(self, key):
+                setattr(self, key, None if key == "_mix" else {})
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
-        s = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten().to(x.device)
         s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
         return (x.to(torch.float64) + s2 * self.score(x, sigma).to(torch.float64)).to(x.dtype)
 

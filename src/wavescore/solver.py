@@ -65,7 +65,7 @@ def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
     return x.squeeze(-1) if vec else x
 
 
-def schur_solve(Z: torch.Tensor, C_psi: torch.Tensor, b_psi: torch.Tensor, v_own: torch.Tensor, inv: torch.Tensor,
+def schur_solve(KT: torch.Tensor, C_psi: torch.Tensor, b_psi: torch.Tensor, v_own: torch.Tensor, inv: torch.Tensor,
                 ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint optimum of global linear terms and local higher-order features psi, by block
     elimination through the shared noisy covariance C = V diag(1/inv) V^T (method.md §4).
@@ -75,12 +75,12 @@ def schur_solve(Z: torch.Tensor, C_psi: torch.Tensor, b_psi: torch.Tensor, v_own
     Schur complement ``(C_psi - K^T C^{-1} K) beta = -(b_psi - K^T C^{-1} e_i)`` and then
     ``a = -C^{-1}(e_i + K beta)``: no (D + F)-sized system per coefficient.
 
-    Z (n, D, F) is ``V^T K_i``, v_own (n, D) the row ``V[i]``; returns ``beta`` (n, F) and
-    ``Z beta`` (n, D), from which the caller forms ``a`` for every output at once.
+    KT (n, F, D) is ``(V^T K_i)^T``, v_own (n, D) the row ``V[i]``; returns ``beta`` (n, F)
+    and ``V^T K_i beta`` (n, D), from which the caller forms ``a`` for every output at once.
     """
-    Zs = Z * inv[None, :, None]
-    S = C_psi - Z.transpose(1, 2) @ Zs
+    KTs = KT * inv
+    S = KTs @ KT.transpose(1, 2)
     S = 0.5 * (S + S.transpose(1, 2))
-    r = b_psi - (Zs.transpose(1, 2) @ v_own.unsqueeze(-1)).squeeze(-1)
-    beta = ridge_solve(S, r, ridge)
-    return beta, (Z @ beta.unsqueeze(-1)).squeeze(-1)
+    r = b_psi - (KTs @ v_own.unsqueeze(-1)).squeeze(-1)
+    beta = ridge_solve(C_psi - S, r, ridge)
+    return beta, (beta.unsqueeze(1) @ KT).squeeze(1)
