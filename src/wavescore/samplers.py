@@ -24,6 +24,13 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
 
 
+def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise like ``x``, drawn from ``generator``'s device (CPU by default, so
+    the same seed gives the same samples on every device), then moved to ``x``'s device."""
+    dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+
+
 def _d(model, x, s):
     """ODE direction (x - D(x, s)) / s."""
     return (x - model.denoise(x, float(s))) / s
@@ -60,7 +67,7 @@ def edm_stochastic(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None,
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype) * s_noise
+            eps = _randn_like(x, generator) * s_noise
             x = x + torch.sqrt(s_hat**2 - s**2) * eps
         x = _heun_step(model, x, s_hat, s_next)
     return x
@@ -74,7 +81,7 @@ def ddim(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None, *, eta: f
         c = eta * s_next * torch.sqrt(1 - (s_next / s) ** 2)
         x = den + torch.sqrt(s_next**2 - c**2) * (x - den) / s
         if c > 0:
-            x = x + c * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + c * _randn_like(x, generator)
     return x
 
 
@@ -83,11 +90,12 @@ SAMPLERS: dict[str, Callable] = {"heun": heun, "euler": euler, "edm": edm_stocha
 
 def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int = 0, shape=None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, noise: torch.Tensor | None = None,
-           **kwargs) -> torch.Tensor:
+           device=None, **kwargs) -> torch.Tensor:
     """Draw ``n`` samples (n, C, H, W) by reverse diffusion from ``sigma_max`` to 0.
 
     ``shape`` defaults to the model's ``shape_`` (a fitted machine knows it). The same
-    ``seed`` (or the same ``noise``) gives the same samples for every model.
+    ``seed`` (or the same ``noise``) gives the same samples for every model. The chain runs on
+    ``device`` (default: the model's ``device``, else the CPU); noise is drawn on the CPU.
     """
     if sampler not in SAMPLERS:
         raise WavescoreError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -97,5 +105,9 @@ def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int =
     gen = torch.Generator().manual_seed(seed)
     sigmas = edm_sigmas(steps, sigma_min, sigma_max, rho)
     z = noise if noise is not None else torch.randn((n, *shape), generator=gen, dtype=torch.float64)
-    x = z.to(torch.float64) * sigmas[0]
+    if device is None:
+        device = getattr(model, "device", None) or "cpu"
+        if not isinstance(device, (str, torch.device)):
+            device = "cpu"
+    x = z.to(device=device, dtype=torch.float64) * sigmas[0]
     return SAMPLERS[sampler](model, x, sigmas, generator=gen, **kwargs)
