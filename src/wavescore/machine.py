@@ -560,7 +560,7 @@ class ScoreMachine:
         return self._mix
 
     def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
-        """Global linear plus local higher-order terms, jointly optimal (method.md §4-5) by
+        """Global linear plus local higher-order terms, jointly optimal (docs/method.md §8) by
         block elimination through the covariance eigenbasis (solver.schur_solve).
 
         Group 0's theta (D+1, D) holds the linear part of every output; each local group's

@@ -233,7 +233,7 @@ class MomentAccumulator:
 @dataclass(frozen=True)
 class CrossPlan:
     """Cross moments between the global linear terms and the local higher-order features
-    of a mixed-degree family (method.md §5 applied to E[u_j psi(u)] for every j).
+    of a mixed-degree family (docs/method.md §8: §5 applied to E[u_j psi(u)] for every j).
 
     Each local feature of degree >= 2 of every output is a monomial of global coefficient
     indices; windows overlap, so ``idx`` (Q, P) holds each distinct monomial once (padded

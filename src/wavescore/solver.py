@@ -68,7 +68,7 @@ def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
 def schur_solve(KT: torch.Tensor, C_psi: torch.Tensor, b_psi: torch.Tensor, v_own: torch.Tensor, inv: torch.Tensor,
                 ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint optimum of global linear terms and local higher-order features psi, by block
-    elimination through the shared noisy covariance C = V diag(1/inv) V^T (method.md §4).
+    elimination through the shared noisy covariance C = V diag(1/inv) V^T (docs/method.md §8).
 
     With centred features [w - mu, psi] the normal equations are
     ``[[C, K], [K^T, C_psi]] [a; beta] = -[e_i; b_psi]``; eliminating ``a`` leaves the
