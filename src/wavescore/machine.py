@@ -623,7 +623,8 @@ class ScoreMachine:
         out = torch.zeros_like(u)
         for g, feats, theta in zip(acc.groups, acc.features, thetas):
             nbr = torch.as_tensor(g.nbr)
-            step = max(1, int(1e8 // (nbr.numel() * feats.F * 8)))
+            # ~100 MB of features per chunk: (rows, m) gathered inputs and (rows, F) monomials per image
+            step = max(1, int(1e8 // (nbr.shape[0] * (nbr.shape[1] + feats.F) * 8)))
             for s in range(0, u.shape[0], step):
                 phi = feats(u[s : s + step][:, nbr])
                 # += : in a mixed family the global and the local terms add up per output.
