@@ -168,3 +168,11 @@ def test_declared_terms_equal_the_preset_and_squares_term():
     m = feats.m
     assert len(high) == 3 * (m - 1)  # u_j^2, u_own u_j^2 and (by closure) u_own u_j
     assert gsm.memory_estimate((1, 8, 8))["distinct_monomials"] > 0
+
+
+def test_mixed_memory_is_stated_and_refused_before_fitting():
+    m = ScoreMachine(family="gaussian+local", degree=3, max_memory=1.5 * 2**30)
+    est = m.memory_estimate((1, 32, 32))
+    assert est["distinct_monomials"] > 1024 and est["features"] > 1024
+    with pytest.raises(WavescoreError, match=r"gaussian\+local-r1-P3 .* GiB.*these fit: .*gaussian\+local-r1-P2"):
+        m.fit(torch.zeros(10, 1, 32, 32), progress=False)

@@ -300,13 +300,18 @@ class ScoreMachine:
             params = {**self.get_params(), **change}
             if params["degree"] < 1 or params["radius"] < 0 or params == self.get_params():
                 continue
-            alt = ScoreMachine(**params)
+            try:  # not every change is valid for every family (a gaussian term is per position)
+                alt = ScoreMachine(**params)
+            except WavescoreError:
+                continue
             if alt.memory_estimate(shape)["peak_bytes"] <= budget:
                 fits.append(alt.name)
         raise WavescoreError(
             f"{self.name} on images {shape} has {est['features']} features per coefficient and needs about "
             f"{est['peak_bytes'] / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB allowed; "
-            + (f"these fit: {', '.join(fits)}" if fits else "use shared=True, a lower degree or a smaller radius")
+            + (f"these fit: {', '.join(fits)}" if fits else
+               ("use a lower degree, a smaller radius or fewer terms" if self._global_mixed
+                else "use shared=True, a lower degree or a smaller radius"))
         )
 
     # ------------------------------------------------------------------ fitting
