@@ -168,6 +168,13 @@ def test_declared_terms_equal_the_preset_and_squares_term():
     m = feats.m
     assert len(high) == 3 * (m - 1)  # u_j^2, u_own u_j^2 and (by closure) u_own u_j
     assert gsm.memory_estimate((1, 8, 8))["distinct_monomials"] > 0
+    # the named preset is these declared terms
+    terms = [{"family": "gaussian"}, {"family": "parent", "degree": 2}, {"family": "independent", "degree": 3},
+             {"family": "parent", "radius": 2, "kind": "squares"}]
+    a = ScoreMachine(family="gaussian+gsm", degree=3, levels=2).fit(x, progress=False)
+    b = ScoreMachine(family="mixed", terms=terms, levels=2).fit(x, progress=False)
+    assert a.name == "gaussian+gsm-r1-P3"
+    assert torch.allclose(a.score(xt, 0.05), b.score(xt, 0.05), rtol=1e-10, atol=1e-10)
 
 
 def test_mixed_memory_is_stated_and_refused_before_fitting():

@@ -57,7 +57,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="local",
                    choices=["independent", "orientation", "local", "parent", "gaussian", "gaussian+independent",
-                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "mixed"],
+                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "gaussian+gsm", "mixed"],
                    help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
                         "mixed: the terms given by --terms")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '

@@ -30,7 +30,7 @@ FORMAT = "wavescore-machine"
 FORMAT_VERSION = 1
 # Mixed-degree presets: the global linear (Gaussian) term plus a local family's features
 # of degree 2..P (issue 8); ``family="mixed"`` with ``terms=[...]`` declares any other.
-MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "local", "parent"))
+MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "local", "parent", "gsm"))
 # Automatic choice (select=True): per sigma on this grid, the sub-family of degree <= d and
 # the ridge with the lowest held-out denoising error; other sigmas use the nearest grid point.
 SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
@@ -83,7 +83,9 @@ class ScoreMachine:
     ----------
     family : "independent" | "orientation" | "local" | "parent" | "gaussian", a mixed preset
         "gaussian+<family>" (global linear terms plus the family's local features of degree
-        2..P), or "mixed" with ``terms``.
+        2..P), "gaussian+gsm" (global linear; window and parent up to degree 2; own coefficient
+        up to P; squared magnitudes over the window one ring wider and its parent), or "mixed"
+        with ``terms``.
     degree : P in {1, 2, 3}: all monomials of total degree <= P over the neighbourhood.
     radius : half-width r of the same-scale (2r+1)x(2r+1) window (local, parent).
     shared : False: parameters per coefficient; True: one vector per band (and channel),
@@ -164,6 +166,12 @@ class ScoreMachine:
             if not isinstance(self.terms, (list, tuple)) or not self.terms:
                 raise WavescoreError("family='mixed' needs a non-empty list of terms")
             return [Term.parse(t) for t in self.terms]
+        if self.family == "gaussian+gsm":
+            # Gaussian-scale-mixture structure on top of the Gaussian score: the window and parent
+            # up to degree 2, the own coefficient up to P, and the squared magnitudes one ring wider.
+            return [Term("gaussian"), Term("parent", min(self.degree, 2), self.radius, self.bands),
+                    Term("independent", self.degree),
+                    Term("parent", 1, self.radius + 1, self.bands, kind="squares")]
         if self.family in MIXED_PRESETS:
             base = self.family.split("+", 1)[1]
             return [Term("gaussian"), Term(base, self.degree, self.radius, self.bands)]
@@ -181,7 +189,7 @@ class ScoreMachine:
             return "+".join(label(t) for t in self.mixed_terms()) + ("-shared" if self.shared else "")
         if self.family in MIXED_PRESETS:
             base = self.family.split("+", 1)[1]
-            r = f"-r{self.radius}" + ("all" if self.bands == "all" else "") if base in ("local", "parent") else ""
+            r = f"-r{self.radius}" + ("all" if self.bands == "all" else "") if base in ("local", "parent", "gsm") else ""
             return f"{self.family}{r}-P{self.degree}"
         parts = [self.family]
         if self.family in ("local", "parent"):
