@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._io import WavescoreError
+from .features import monomials
 from .transform import Band, Layout
 
 FAMILIES = ("independent", "orientation", "local", "parent", "gaussian")
@@ -168,8 +169,6 @@ def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[n
         gen = []
         for t, cols in zip(local, term_cols):
             if t.kind == "all":
-                from .features import monomials
-
                 sub = monomials(len(cols), t.degree).exps
                 e = np.zeros((sub.shape[0], m), dtype=np.int64)
                 e[:, cols] = sub
