@@ -120,6 +120,8 @@ class Term:
             raise WavescoreError(f"a term's degree must be 1, 2 or 3, got {self.degree!r}")
         if self.family == "gaussian" and (self.degree != 1 or self.kind != "all"):
             raise WavescoreError("a gaussian term is the global linear term: degree=1, kind='all'")
+        if self.kind == "squares" and self.family == "independent":
+            raise WavescoreError("a squares term needs neighbours: use family 'orientation', 'local' or 'parent'")
 
     @classmethod
     def parse(cls, spec) -> "Term":
@@ -179,8 +181,6 @@ def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[n
                     sq[:, c] = 2
                     sq[1, 0] += 1
                     gen.append(sq)
-                if len(cols) == 1:
-                    gen.append(np.eye(1, m, 0, dtype=np.int64) * 3)  # alone: the own cubic
         groups.append(Group(per_term[0][k].name, per_term[0][k].out, np.stack(columns, axis=1)))
         exps.append(np.concatenate(gen, axis=0))
     return global_linear, groups, exps
