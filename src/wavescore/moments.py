@@ -214,7 +214,7 @@ class MomentAccumulator:
     __add__ = merge
 
     def empty_like(self) -> "MomentAccumulator":
-        out = MomentAccumulator.__new__(MomentAccumulator)
+        out = type(self).__new__(type(self))
         out.groups, out.features, out.shared = self.groups, self.features, self.shared
         out.shift, out.scale, out.max_batch_bytes = self.shift, self.scale, self.max_batch_bytes
         out.count = 0
@@ -366,11 +366,7 @@ class MixedMomentAccumulator(MomentAccumulator):
     __add__ = merge
 
     def empty_like(self) -> "MixedMomentAccumulator":
-        out = MixedMomentAccumulator.__new__(MixedMomentAccumulator)
-        out.groups, out.features, out.shared = self.groups, self.features, self.shared
-        out.shift, out.scale, out.max_batch_bytes = self.shift, self.scale, self.max_batch_bytes
-        out.count = 0
-        out.grams = [torch.zeros_like(gm) for gm in self.grams]
+        out = super().empty_like()
         out.cross = self.cross
         out.cross_sum = torch.zeros_like(self.cross_sum)
         out.mono_sum = torch.zeros_like(self.mono_sum)
