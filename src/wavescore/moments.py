@@ -174,18 +174,16 @@ class MomentAccumulator:
         """Add a batch of clean coefficients (N, D)."""
         if not torch.isfinite(w).all():
             raise WavescoreError("the data contain NaN or inf values: clean or drop those images before fitting")
-        u = self.standardise(w).cpu()
-        for g, feats, gram in zip(self.groups, self.features, self.grams):
-            nbr = torch.as_tensor(g.nbr)
-            per_image = nbr.numel() * feats.F * 8 * 2
-            step = max(1, int(self.max_batch_bytes // per_image))
-            for s in range(0, u.shape[0], step):
-                phi = feats(u[s : s + step][:, nbr])  # (n, rows, F)
-                if gram.shape[0] == 1:
-                    flat = phi.reshape(-1, feats.F)
-                    gram[0] += flat.T @ flat
-                else:
-                    gram += phi.permute(1, 2, 0) @ phi.permute(1, 0, 2)
+        from ._gram import accumulate_group
+
+        # One column per image, (D, N): every product below is then a (F, K) @ (K, F) GEMM
+        # on the device of the data (the sums follow the data there; see _gram.py).
+        ut = self.standardise(w).T.contiguous()
+        workspace = ut.new_empty(int(self.max_batch_bytes // 8))  # one buffer for every chunk
+        for k, (g, feats) in enumerate(zip(self.groups, self.features)):
+            if self.grams[k].device != ut.device:
+                self.grams[k] = self.grams[k].to(ut.device)
+            accumulate_group(self.grams[k], ut, g.nbr, feats, self.max_batch_bytes, workspace)
         self.count += int(w.shape[0])
         return self
 
