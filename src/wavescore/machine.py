@@ -600,7 +600,7 @@ class ScoreMachine:
         KuT = torch.sparse.mm(smooth, XcT)  # (Q, D): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
         YqT = torch.sparse.mm(smooth, YT)  # (Q, D): the same in the eigenbasis, w units
         inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
-        R = torch.zeros(D, D, dtype=torch.float64)
+        R = torch.zeros(D, D, dtype=torch.float64, device=V.device)
         thetas: list = [None]
         for k, (g, feats, clean) in enumerate(zip(acc.groups[1:], acc.features[1:], self._clean[1:])):
             cols = torch.as_tensor(g.nbr[0])
@@ -634,7 +634,7 @@ class ScoreMachine:
                 theta[rows, psi] = beta
                 theta[rows, 0] = -(beta * e_psi[rows]).sum(1)
         a_cols = -(V * inv) @ (V.T + R)  # column i: a_i = -C^{-1}(e_i + K_i beta_i)
-        theta0 = torch.empty(D + 1, D, dtype=torch.float64)
+        theta0 = torch.empty(D + 1, D, dtype=torch.float64, device=V.device)
         theta0[0] = (shift - mu_w) @ a_cols
         theta0[1:] = scale[:, None] * a_cols
         thetas[0] = theta0
@@ -728,11 +728,11 @@ class ScoreMachine:
             "choice": getattr(self, "choice_", None),
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                  "shift": acc.shift.numpy(), "scale": acc.scale.numpy()}
+                  "shift": acc.shift.cpu().numpy(), "scale": acc.scale.cpu().numpy()}
         for k, gram in enumerate(acc.grams):
-            arrays[f"gram{k}"] = gram.numpy()
+            arrays[f"gram{k}"] = gram.cpu().numpy()
         if isinstance(acc, MixedMomentAccumulator):
-            arrays["cross_sum"], arrays["mono_sum"] = acc.cross_sum.numpy(), acc.mono_sum.numpy()
+            arrays["cross_sum"], arrays["mono_sum"] = acc.cross_sum.cpu().numpy(), acc.mono_sum.cpu().numpy()
         path = Path(path)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:

@@ -254,20 +254,20 @@ class CrossPlan:
 
     def smoothing(self, t: torch.Tensor) -> torch.Tensor:
         """Sparse (1 + D + Q, Q) matrix of E_z[m_q(u + t z)] over clean monomials, t (D,)."""
-        D = t.shape[0]
+        D, dev = t.shape[0], t.device
         text = torch.cat([t.to(torch.float64), t.new_ones(1, dtype=torch.float64)])
-        factor = torch.as_tensor(self.s_coef).clone()
+        factor = torch.as_tensor(self.s_coef, device=dev).clone()
         for slot in range(self.s_var.shape[1]):
-            factor *= text[torch.as_tensor(self.s_var[:, slot])] ** torch.as_tensor(self.s_pow[:, slot])
-        ind = torch.as_tensor(np.stack([self.s_row, self.s_col]))
+            factor *= text[torch.as_tensor(self.s_var[:, slot], device=dev)] ** torch.as_tensor(self.s_pow[:, slot], device=dev)
+        ind = torch.as_tensor(np.stack([self.s_row, self.s_col]), device=dev)
         return torch.sparse_coo_tensor(ind, factor, (1 + D + self.Q, self.Q), check_invariants=False).coalesce()
 
     def evaluate(self, u: torch.Tensor) -> torch.Tensor:
         """The distinct monomials of a batch: u (N, D) -> (N, Q)."""
         ext = torch.cat([u, u.new_ones(u.shape[0], 1)], dim=1)
-        out = ext[:, torch.as_tensor(self.idx[:, 0])]
+        out = ext[:, torch.as_tensor(self.idx[:, 0], device=u.device)]
         for p in range(1, self.idx.shape[1]):
-            out = out * ext[:, torch.as_tensor(self.idx[:, p])]
+            out = out * ext[:, torch.as_tensor(self.idx[:, p], device=u.device)]
         return out
 
 
@@ -341,7 +341,9 @@ class MixedMomentAccumulator(MomentAccumulator):
 
     def update(self, w: torch.Tensor) -> "MixedMomentAccumulator":
         super().update(w)
-        u = self.standardise(w).cpu()
+        u = self.standardise(w)
+        if self.cross_sum.device != u.device:  # the sums follow the data, like the Grams
+            self.cross_sum, self.mono_sum = self.cross_sum.to(u.device), self.mono_sum.to(u.device)
         step = max(1, int(self.max_batch_bytes // (8 * max(1, self.cross.Q))))
         for s in range(0, u.shape[0], step):
             ub = u[s : s + step]
