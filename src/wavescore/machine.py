@@ -291,11 +291,17 @@ class ScoreMachine:
         Q = 0
         if self._global_mixed:
             Q = build_cross_plan(groups[1:], feats[1:], D).Q
-        cross = D * (1 + D + Q) * 8
-        # accumulator (local + global + cross) + fitted copies (Xc, Y) + per-sigma (Ku, Yq, R, eig) + batch
-        need = local + (D + 1) ** 2 * 8 + cross + 2 * cross + 2 * D * Q * 8 + 4 * D * D * 8 + largest + 2.5e8 + 2e8
+        sums = D * Q * 8  # the cross sums; the smoothed copies per sigma have the same size
+        ext = D * (1 + D + Q) * 8  # the centred cross moments and their eigenbasis copy, kept after the fit
+        glob = (D + 1) ** 2 * 8
+        # fit: sums + one batch of distinct monomials; solve: sums, the two kept copies, one
+        # smoothed copy at a time, the eigenbasis and D x D work (V, R, theta, the covariance),
+        # the largest local noisy Gram and the chunks (method: docs/method.md §8).
+        fit_bytes = local + glob + sums + 2.5e8 + 4.5 * self.batch_size * D * 8
+        solve_bytes = local + glob + sums + 2 * ext + sums + 8 * D * D * 8 + largest + 1e8
+        need = 1.15 * max(fit_bytes, solve_bytes) + 64 * 2**20
         return {"features": max(f.F for f in feats[1:] or feats) + (D if self._global_mixed else 0),
-                "groups": len(groups), "distinct_monomials": Q, "moments_bytes": int(local + cross + (D + 1) ** 2 * 8),
+                "groups": len(groups), "distinct_monomials": Q, "moments_bytes": int(local + sums + glob),
                 "peak_bytes": int(need)}
 
     def _check_memory(self, shape) -> None:
@@ -574,14 +580,18 @@ class ScoreMachine:
             scale, shift = acc.scale, acc.shift
             clean0 = self._clean[0][0]
             ubar, euu = clean0[0, 1:], clean0[1:, 1:]
-            cov_w = scale[:, None] * (euu - torch.outer(ubar, ubar)) * scale[None, :]
-            lam, V = torch.linalg.eigh(cov_w)
-            ext = torch.cat([ubar[:, None], euu, acc.cross_sum / acc.count], dim=1)
-            mext = torch.cat([ubar.new_ones(1), ubar, acc.mono_sum / acc.count])
-            Xc = ext - torch.outer(ubar, mext)
-            # Stored transposed (rows = [1, u, m_q]) so the per-sigma sparse products read contiguously.
-            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, Xc.T.contiguous(),
-                         (V.T @ (scale[:, None] * Xc)).T.contiguous())
+            cov_u = euu - torch.outer(ubar, ubar)
+            lam, V = torch.linalg.eigh(scale[:, None] * cov_u * scale[None, :])
+            # Built transposed in place (rows = [1, u, m_q]): the per-sigma sparse products read
+            # contiguous rows, and no D x (D + Q) temporary beyond the two kept copies is made.
+            D, Q = cov_u.shape[0], acc.cross_sum.shape[1]
+            XcT = cov_u.new_empty(1 + D + Q, D)
+            XcT[0] = 0.0
+            XcT[1 : 1 + D] = cov_u
+            XcT[1 + D :] = acc.cross_sum.T
+            XcT[1 + D :] /= acc.count
+            XcT[1 + D :].addr_(acc.mono_sum / acc.count, ubar, alpha=-1.0)
+            self._mix = (lam.clamp_min(0), V, shift + scale * ubar, XcT, XcT @ (scale[:, None] * V))
         return self._mix
 
     def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
@@ -598,10 +608,10 @@ class ScoreMachine:
         t_all = sigma / scale
         smooth = acc.cross.smoothing(t_all).t().coalesce()
         KuT = torch.sparse.mm(smooth, XcT)  # (Q, D): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
-        YqT = torch.sparse.mm(smooth, YT)  # (Q, D): the same in the eigenbasis, w units
         inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
         R = torch.zeros(D, D, dtype=torch.float64, device=V.device)
         thetas: list = [None]
+        blocks = []
         for k, (g, feats, clean) in enumerate(zip(acc.groups[1:], acc.features[1:], self._clean[1:])):
             cols = torch.as_tensor(g.nbr[0])
             G, b = normal_equations(clean, feats, noise_plan(feats), t_all[cols], scale[cols[0]])
@@ -621,18 +631,22 @@ class ScoreMachine:
             sc = scale[nbr][..., None]
             # Window rows: the true noisy cross moments (they gain the Stein term t^2 E[d psi / d u_j]).
             k_true = sc * (G[:, lin][:, :, psi] - G[:, 0, lin][:, :, None] * e_psi[:, None, :])
-            k_form = sc * KuT[q[:, None, :], nbr[:, :, None]]
-            delta = k_true - k_form
+            delta = k_true - sc * KuT[q[:, None, :], nbr[:, :, None]]
+            blocks.append((g, theta, psi, q, nbr, e_psi, c_psi, b[:, psi], delta))
+        del KuT  # only its window entries were needed: free it before the eigenbasis copy
+        YqT = torch.sparse.mm(smooth, YT)  # (Q, D): the smoothed cross moments in the eigenbasis, w units
+        for g, theta, psi, q, nbr, e_psi, c_psi, b_psi, delta in blocks:
             # ~16 MB blocks: large enough for the batched products, small enough that the
             # allocator reuses them instead of mapping fresh pages every chunk.
             chunk = max(1, int(1.6e7 // (8 * D * len(psi))))
             for s in range(0, g.n, chunk):
                 rows = slice(s, s + chunk)
                 KT = YqT[q[rows]] + delta[rows].transpose(1, 2) @ V[nbr[rows]]  # (rows, F, D)
-                beta, zb = schur_solve(KT, c_psi[rows], b[rows][:, psi], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
+                beta, zb = schur_solve(KT, c_psi[rows], b_psi[rows], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
                 R[:, torch.as_tensor(g.out[rows])] = zb.T
                 theta[rows, psi] = beta
                 theta[rows, 0] = -(beta * e_psi[rows]).sum(1)
+        del YqT
         a_cols = -(V * inv) @ (V.T + R)  # column i: a_i = -C^{-1}(e_i + K_i beta_i)
         theta0 = torch.empty(D + 1, D, dtype=torch.float64, device=V.device)
         theta0[0] = (shift - mu_w) @ a_cols
