@@ -168,7 +168,7 @@ def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[n
                 cols.append(key_to_col[key])
             term_cols.append(cols)
         m = len(columns)
-        gen = []
+        gen = [np.zeros((1, m), dtype=np.int64)]  # the constant: a band too small for neighbours keeps just it
         for t, cols in zip(local, term_cols):
             if t.kind == "all":
                 sub = monomials(len(cols), t.degree).exps
