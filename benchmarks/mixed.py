@@ -109,7 +109,9 @@ def markdown_table(result: dict) -> str:
     best = [min(v["mse"][k] for v in machines.values()) for k in range(len(sig))]
     lines = ["| model | fit (s) | " + " | ".join(f"σ={s:g}" for s in sig) + " |",
              "|---|---:|" + "---:|" * len(sig)]
-    for name, v in models.items():
+    ordered = list(machines) + [k for k in models if k not in machines]  # machines first, then networks
+    for name in ordered:
+        v = models[name]
         cells = [(f"**{x:.3e}**" if name in machines and x == best[k] else f"{x:.3e}") for k, x in enumerate(v["mse"])]
         fit = f"{v['fit_seconds']:.0f}" if "fit_seconds" in v else "(network)"
         lines.append(f"| {name} | {fit} | " + " | ".join(cells) + " |")
