@@ -134,10 +134,6 @@ class Term:
             raise WavescoreError(f"a term needs 'family' and may set degree, radius, bands, kind; got {sorted(spec)}")
         return cls(**spec)
 
-    def as_dict(self) -> dict:
-        return {"family": self.family, "degree": self.degree, "radius": self.radius, "bands": self.bands,
-                "kind": self.kind}
-
 
 def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[np.ndarray]]:
     """Local groups of a mixed-degree family and, per group, the generating monomial
