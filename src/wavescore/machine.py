@@ -78,6 +78,13 @@ def _check_images(x) -> None:
         raise WavescoreError(f"expected float images scaled to [-1, 1], got dtype {x.dtype}")
 
 
+def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """theta . phi for the outputs of group ``g``: (N, rows, F) features -> (N, g.n)."""
+    if g.is_global:  # one feature row shared by every output: theta is (F, outputs)
+        return phi[:, 0] @ theta
+    return (phi * theta).sum(-1)
+
+
 class ScoreMachine:
     """A wavelet score machine (method.md §3).
 
@@ -266,7 +273,7 @@ class ScoreMachine:
             total += gram
             S = F * F if self.degree == 1 else comb(g.m + 2 * self.degree, 2 * self.degree)
             clean += rows * S * 8
-            global_linear = g.nbr.shape[0] == 1 and g.n > 1
+            global_linear = g.is_global
             # noisy Gram, scaled copy, ridge copy, Cholesky factor, solution; the noise plan's
             # dense expansion of the clean moments (<= 3 S entries per row, capped at 2e7 by moments.py)
             solve = (8 * gram) if global_linear else (5 * gram + rows * S * 8 + 2 * min(3 * rows * S, 2e7) * 8)
@@ -288,8 +295,8 @@ class ScoreMachine:
         their smoothed copies and the eigenbasis (solver.schur_solve); never D x D x D."""
         transform, groups, feats = self._structure(shape)
         D = transform.layout.size
-        local = sum((1 if self.shared else g.n) * f.F * f.F * 8 for g, f in zip(groups, feats) if g.nbr.shape[0] > 1 or g.n == 1)
-        largest = max(f.F * f.F * g.m * 8 * 2 for g, f in zip(groups, feats) if g.nbr.shape[0] > 1 or g.n == 1)
+        local = sum((1 if self.shared else g.n) * f.F * f.F * 8 for g, f in zip(groups, feats) if not g.is_global)
+        largest = max(f.F * f.F * g.m * 8 * 2 for g, f in zip(groups, feats) if not g.is_global)
         Q = 0
         if self._global_mixed:
             Q = build_cross_plan(groups[1:], feats[1:], D).Q
@@ -417,8 +424,7 @@ class ScoreMachine:
                 for j, theta_c in enumerate(thetas):
                     score = torch.zeros_like(u)
                     for g, phi, theta in zip(acc.groups, phis, theta_c):
-                        out = torch.as_tensor(g.out)
-                        score[:, out] += phi[:, 0] @ theta if (g.nbr.shape[0] == 1 and g.n > 1) else (phi * theta).sum(-1)
+                        score[:, torch.as_tensor(g.out)] += _group_score(g, phi, theta)
                     mse[k, j] += float(((w + s**2 * score - w0[c0 : c0 + 500]) ** 2).sum()) / w0.numel()
             for c in cands:
                 self._variant(*c)._theta_cache.clear()
@@ -495,7 +501,7 @@ class ScoreMachine:
             t = sigma / acc.scale[cols]
             plan = None if feats.degree == 1 else noise_plan(feats)
             keep = None if self.keep_ is None else self.keep_[len(thetas)]
-            if g.nbr.shape[0] == 1 and g.n > 1:  # global linear: every output shares the neighbourhood
+            if g.is_global:  # global linear: every output shares the neighbourhood
                 if keep is not None:
                     raise WavescoreError("feature restrictions apply to neighbourhood families, not 'gaussian'")
                 thetas.append(self._global_linear_theta(clean[0], sigma))
@@ -672,10 +678,7 @@ class ScoreMachine:
             for s in range(0, u.shape[0], step):
                 phi = feats(u[s : s + step][:, nbr])
                 # += : in a mixed family the global and the local terms add up per output.
-                if theta.dim() == 2 and g.nbr.shape[0] == 1 and g.n > 1:
-                    out[s : s + step, torch.as_tensor(g.out)] += phi[:, 0] @ theta
-                else:
-                    out[s : s + step, torch.as_tensor(g.out)] += (phi * theta).sum(-1)
+                out[s : s + step, torch.as_tensor(g.out)] += _group_score(g, phi, theta)
         return out
 
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:

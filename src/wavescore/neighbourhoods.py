@@ -38,6 +38,11 @@ class Group:
     def n(self) -> int:
         return self.out.shape[0]
 
+    @property
+    def is_global(self) -> bool:
+        """One neighbourhood shared by many outputs (the gaussian family's global linear terms)."""
+        return self.nbr.shape[0] == 1 and self.n > 1
+
 
 def _window_offsets(band: Band, radius: int) -> list[tuple[int, int]]:
     """(2r+1)^2 offsets, reduced modulo the band size so a small band never repeats a
