@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._io import WavescoreError
+from .machine import _check_images
 
 __all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule"]
 
@@ -27,13 +28,7 @@ __all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule"]
 def _as_images(x, what: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise WavescoreError(f"{what}: expected a torch tensor (N, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = "; add a channel axis with x[:, None]" if x.dim() == 3 else ""
-        raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
-    if not x.is_floating_point():
-        raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
+    _check_images(x, what)
     if x.shape[0] == 0:
         raise WavescoreError(f"{what}: no images (N = 0)")
     if not torch.isfinite(x).all():

@@ -65,17 +65,15 @@ def iter_batches(data, batch_size: int) -> Iterable[torch.Tensor]:
         yield item
 
 
-def _check_images(x) -> None:
+def _check_images(x, what: str = "images") -> None:
+    """The one structural check of image batches (machines, baselines): a float (N, C, H, W) tensor."""
     if not isinstance(x, torch.Tensor):
-        raise WavescoreError(f"expected images as a torch tensor (N, C, H, W), got {type(x).__name__}")
+        raise WavescoreError(f"{what}: expected a torch tensor (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
-        raise WavescoreError(
-            f"expected images of shape (N, C, H, W), got shape {tuple(x.shape)}; add a channel axis with x[:, None]"
-            if x.dim() == 3
-            else f"expected images of shape (N, C, H, W), got shape {tuple(x.shape)}"
-        )
+        hint = "; add a channel axis with x[:, None]" if x.dim() == 3 else ""
+        raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
-        raise WavescoreError(f"expected float images scaled to [-1, 1], got dtype {x.dtype}")
+        raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
 
 
 def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
