@@ -48,8 +48,8 @@ def _shard_moments(spec, params: dict, shape: tuple, shift: torch.Tensor, scale:
     from .machine import ScoreMachine, iter_batches
 
     m = ScoreMachine(**params)
-    transform, groups, feats = m._structure(shape)
-    acc = m._accumulator(groups, feats, shift, scale)
+    transform = m._structure(shape)[0]
+    acc = m._accumulator(shape, shift, scale)
     x = _load_shard(spec, split)
     if tuple(x.shape[1:]) != tuple(shape):
         raise WavescoreError(f"shard {spec!r} has images {tuple(x.shape[1:])}, the others {tuple(shape)}: "

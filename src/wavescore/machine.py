@@ -207,30 +207,53 @@ class ScoreMachine:
         return "-".join(parts)
 
     # ------------------------------------------------------------------ structure
+    def _structure_key(self, shape) -> tuple:
+        return (tuple(int(v) for v in shape), self.family, self.degree, self.radius, self.bands, self.wavelet,
+                self.levels, repr(self.terms))
+
     def _structure(self, shape: tuple[int, int, int]):
+        """(transform, groups, features) for images of ``shape``; built once per configuration
+        (the memory check, the accumulator and loading all need them)."""
+        cache = self.__dict__.setdefault("_structures", {})
+        key = self._structure_key(shape)
+        if key not in cache:
+            cache.clear()
+            cache[key] = self._build_structure(tuple(int(v) for v in shape))
+        return tuple(cache[key][:3])
+
+    def _cross_plan(self, shape):
+        """The distinct local monomials of a mixed family with a gaussian term, built once."""
+        self._structure(shape)
+        entry = self._structures[self._structure_key(shape)]
+        if len(entry) == 3:
+            _, groups, feats = entry
+            entry.append(build_cross_plan(groups[1:], feats[1:], groups[0].n))
+        return entry[3]
+
+    def _build_structure(self, shape: tuple[int, int, int]) -> list:
         transform = WaveletTransform(shape, self.wavelet, self.levels)
         terms = self.mixed_terms()
         if terms is None:
             groups = build_groups(transform.layout, self.family, self.radius, self.bands)
             feats = [monomials(g.m, self.degree) for g in groups]
-            return transform, groups, feats
+            return [transform, groups, feats]
         global_linear, groups, exps = build_mixed_groups(transform.layout, terms)
         feats = [monomial_set(e) for e in exps]
         if global_linear:
             glob = build_groups(transform.layout, "gaussian")
             groups, feats = glob + groups, [monomials(transform.layout.size, 1)] + feats
-        return transform, groups, feats
+        return [transform, groups, feats]
 
     @property
     def _global_mixed(self) -> bool:
         terms = self.mixed_terms()
         return terms is not None and any(t.family == "gaussian" for t in terms)
 
-    def _accumulator(self, groups, feats, shift, scale) -> MomentAccumulator:
+    def _accumulator(self, shape, shift, scale) -> MomentAccumulator:
         """An empty accumulator of this configuration's moments (used by fit, load and shards)."""
+        _, groups, feats = self._structure(shape)
         if self._global_mixed:
-            cross = build_cross_plan(groups[1:], feats[1:], shift.shape[0])
-            return MixedMomentAccumulator(groups, feats, shift, scale, cross)
+            return MixedMomentAccumulator(groups, feats, shift, scale, self._cross_plan(shape))
         return MomentAccumulator(groups, feats, shift, scale, shared=self.shared)
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
@@ -297,7 +320,7 @@ class ScoreMachine:
         largest = max(f.F * f.F * g.m * 8 * 2 for g, f in zip(groups, feats) if not g.is_global)
         Q = 0
         if self._global_mixed:
-            Q = build_cross_plan(groups[1:], feats[1:], D).Q
+            Q = self._cross_plan(shape).Q
         sums = D * Q * 8  # the cross sums; the smoothed copies per sigma have the same size
         ext = D * (1 + D + Q) * 8  # the centred cross moments and their eigenbasis copy, kept after the fit
         glob = (D + 1) ** 2 * 8
@@ -440,12 +463,12 @@ class ScoreMachine:
         shape = tuple(int(s) for s in reference.shape[1:])
         self._check_memory(shape)
         self.shape_ = shape
-        self.transform_, groups, feats = self._structure(shape)
+        self.transform_ = self._structure(shape)[0]
         # Standardisation on the CPU (the same constants whatever the device, so shards agree);
         # the sums then live on ``self.device`` (MomentAccumulator.update follows the data).
         shift, scale = band_standardisation(self.transform_.layout,
                                             self.transform_.forward(reference.detach().cpu().to(torch.float64)))
-        return self._accumulator(groups, feats, shift.to(self.device), scale.to(self.device))
+        return self._accumulator(shape, shift.to(self.device), scale.to(self.device))
 
     def set_moments(self, acc: MomentAccumulator) -> "ScoreMachine":
         """Adopt accumulated moments (e.g. merged shards): the machine is then fitted."""
@@ -786,8 +809,8 @@ class ScoreMachine:
         machine = cls(**header["params"])
         shape = tuple(header["shape"])
         machine.shape_ = shape
-        machine.transform_, groups, feats = machine._structure(shape)
-        acc = machine._accumulator(groups, feats, shift, scale)
+        machine.transform_ = machine._structure(shape)[0]
+        acc = machine._accumulator(shape, shift, scale)
         mixed = isinstance(acc, MixedMomentAccumulator)
         if [g.shape for g in grams] != [g.shape for g in acc.grams] or mixed != bool(cross) or (
                 mixed and cross["cross_sum"].shape != acc.cross_sum.shape):
