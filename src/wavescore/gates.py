@@ -1,0 +1,494 @@
+"""Gated Gaussian machine: the Gaussian score plus sigma-scaled shrinkage gates (docs/method.md §9).
+
+Polynomial features cannot follow a point mass: a wavelet coefficient that is exactly zero
+(flat background) should be set to zero when ``|y| <~ sigma`` and left alone when
+``|y| >> sigma``, a dead zone whose width scales with sigma. A polynomial of fixed degree
+fitted at small sigma cannot bend on that scale. The gates
+
+    own:     f(y)_i = x_i exp(-x_i^2 / (2 c^2 s^2))                    x = y - centre
+    energy:  f(y)_i = x_i exp(-sum_{m in N(i)} x_m^2 / (2 n_i c^2 s^2))  N(i): window + parent
+
+can. Their Gaussian-noise expectations are closed forms in the clean coefficients (§9), so
+the joint optimum of [global linear terms, gates] at a noise level is still one Schur solve
+per coefficient from exact moments of the empirical data convolved with the noise; the
+moments are accumulated in one pass for every sigma of a fixed grid, and parameters at other
+sigmas are interpolated in log sigma.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._io import WavescoreError, atomic_path
+from .machine import _check_images, _physical_memory, iter_batches
+from .neighbourhoods import build_groups
+from .solver import schur_solve
+from .transform import WaveletTransform
+
+FORMAT = "wavescore-gated-machine"
+FORMAT_VERSION = 1
+SIGMA_GRID = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+SELECT_RIDGES = (1e-6, 1e-3)
+SELECT_IMAGES = 3000
+MIN_OPEN = 20.0
+
+
+def band_centres(layout, w: torch.Tensor, min_share: float = 0.05) -> torch.Tensor:
+    """Per coefficient, the centre its gates close around: the most frequent value of its band
+    when that value holds at least ``min_share`` of the band (a point mass: 0 for flat details,
+    the background level for the approximation); otherwise 0 (details) or the band mean."""
+    centre = torch.zeros(layout.size, dtype=torch.float64)
+    lev, ori = np.asarray(layout.level), np.asarray(layout.orient)
+    for key in sorted(set(zip(lev.tolist(), ori.tolist()))):
+        idx = torch.as_tensor(np.nonzero((lev == key[0]) & (ori == key[1]))[0])
+        vals = torch.round(w[:, idx].flatten() * 1e6) / 1e6
+        uniq, counts = torch.unique(vals, return_counts=True)
+        k = int(counts.argmax())
+        if counts[k] >= min_share * vals.numel():
+            centre[idx] = uniq[k].item()
+        elif key[1] == 0:
+            centre[idx] = w[:, idx].mean().item()
+    return centre
+
+
+def _log_e0(xsq: torch.Tensor, kappa: torch.Tensor, s2: float) -> torch.Tensor:
+    """log E_z exp(-kappa (x + s z)^2 / 2) = -log(1 + s^2 kappa)/2 - kappa x^2 / (2 (1 + s^2 kappa))."""
+    d = 1.0 + s2 * kappa
+    return -0.5 * torch.log(d) - kappa * xsq / (2.0 * d)
+
+
+class GatedMachine:
+    """Gaussian score plus own and neighbourhood-energy gates, jointly optimal per sigma.
+
+    Parameters
+    ----------
+    scales : gate widths c of the own-coefficient gates (in units of sigma).
+    energy_scales : widths of the energy gates over the (2r+1)^2 window and parent.
+    radius, bands : the energy neighbourhood (as in the ``parent`` family).
+    sigmas : the grid whose exact moments are accumulated; other sigmas interpolate the
+        parameters in log sigma; above the grid the machine is the Gaussian score.
+    ridge : Tikhonov lambda relative to the mean covariance eigenvalue (linear part) and to
+        each gate's noisy second moment (gates).
+    select : choose per grid sigma between the Gaussian score and the gated machine (and the
+        ridge) by denoising MSE on ``holdout`` of the training images; the choice is saved.
+    """
+
+    def __init__(self, scales=(1.0, 2.0, 4.0), energy_scales=(1.0, 2.0), radius: int = 1, bands: str = "same",
+                 sigmas=SIGMA_GRID, wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
+                 select: bool = True, holdout: float = 0.1, *, batch_size: int = 500, device: str = "cpu",
+                 max_memory: float | None = None):
+        self.scales = tuple(float(c) for c in scales)
+        self.energy_scales = tuple(float(c) for c in energy_scales)
+        self.radius = radius
+        self.bands = bands
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.wavelet = wavelet
+        self.levels = levels
+        self.ridge = ridge
+        self.select = select
+        self.holdout = holdout
+        self.batch_size = batch_size
+        self.device = device
+        self.max_memory = max_memory
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.scales and not self.energy_scales:
+            raise WavescoreError("a gated machine needs at least one gate: give scales or energy_scales")
+        if any(not c > 0 for c in self.scales + self.energy_scales):
+            raise WavescoreError(f"gate scales must be > 0, got {self.scales + self.energy_scales}")
+        s = np.asarray(self.sigmas)
+        if s.size < 1 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
+            raise WavescoreError(f"sigmas must be positive and increasing, got {self.sigmas}")
+        if self.ridge < 0:
+            raise WavescoreError(f"ridge must be >= 0, got {self.ridge}")
+        if self.select and not 0 < self.holdout < 0.5:
+            raise WavescoreError(f"holdout must be in (0, 0.5) with select=True, got {self.holdout}")
+
+    def get_params(self) -> dict:
+        return {k: getattr(self, k) for k in ("scales", "energy_scales", "radius", "bands", "sigmas", "wavelet",
+                                              "levels", "ridge", "select", "holdout", "batch_size", "device",
+                                              "max_memory")}
+
+    @property
+    def name(self) -> str:
+        own = ",".join(f"{c:g}" for c in self.scales)
+        en = ",".join(f"{c:g}" for c in self.energy_scales)
+        return f"gaussian+gates[{own}|r{self.radius}:{en}]"
+
+    def __repr__(self) -> str:
+        return f"GatedMachine({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    @property
+    def G(self) -> int:
+        return len(self.scales) + len(self.energy_scales)
+
+    # ------------------------------------------------------------------ memory
+    def memory_estimate(self, shape, n_images: int | None = None) -> dict:
+        """Bytes a fit needs: the gate cross sums (sigmas x D x G x D, twice with select),
+        the covariance and one batch's gate temporaries."""
+        C, H, W = (int(v) for v in shape)
+        D, G, S = C * H * W, self.G, len(self.sigmas)
+        sums = (2 if self.select else 1) * (S * G * D * D + 2 * D * D) * 8
+        batch = 6 * self.batch_size * D * G * 8
+        solve = (3 * G * D * D + 6 * D * D) * 8 + S * D * D * 8
+        total = sums + batch + solve
+        return {"sums": sums, "batch": batch, "solve": solve, "total": total, "D": D}
+
+    def _check_memory(self, shape) -> None:
+        est = self.memory_estimate(shape)
+        limit = self.max_memory if self.max_memory is not None else 0.8 * _physical_memory()
+        if est["total"] > limit:
+            raise WavescoreError(
+                f"{self.name} on images {tuple(shape)} needs about {est['total'] / 2**30:.1f} GiB "
+                f"(D = {est['D']}: {len(self.sigmas)} sigmas x {self.G} gates x D^2 cross sums), more than "
+                f"the {limit / 2**30:.1f} GiB allowed: use fewer sigmas or gates, smaller images, or max_memory=")
+
+    # ------------------------------------------------------------------ structure
+    def _setup(self, reference: torch.Tensor) -> None:
+        _check_images(reference)
+        shape = tuple(int(s) for s in reference.shape[1:])
+        self._check_memory(shape)
+        self.shape_ = shape
+        self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
+        lay = self.transform_.layout
+        D = lay.size
+        w = self.transform_.forward(reference.detach().cpu().to(torch.float64))
+        self.centre_ = band_centres(lay, w)
+        self._neighbourhoods()
+
+    def _neighbourhoods(self) -> None:
+        lay = self.transform_.layout
+        D = lay.size
+        groups = build_groups(lay, "parent", self.radius, self.bands)
+        m = max(g.m for g in groups)
+        nbr = np.full((D, m), D, dtype=np.int64)  # D: a zero column, padding
+        for g in groups:
+            nbr[g.out, : g.m] = g.nbr
+        self._nbr = torch.as_tensor(nbr)
+        self._n = torch.as_tensor((nbr < D).sum(1), dtype=torch.float64)
+        # Membership of j in N(i) \ {i}, as (i, j) pairs: the cross moments there gain a factor.
+        ii, ll = np.nonzero(nbr[:, 1:] < D)
+        self._pairs = (torch.as_tensor(ii), torch.as_tensor(nbr[:, 1:][ii, ll]))
+
+    def _gate_kappas(self, s2: float):
+        """Per gate, (kappa_own, kappa_nbr) as (D,) tensors: inverse squared widths 1/tau^2 on the
+        own coefficient and on the other members of the neighbourhood."""
+        out = []
+        zero = torch.zeros_like(self._n)
+        for c in self.scales:
+            k = torch.full_like(self._n, 1.0 / (c * c * s2))
+            out.append((k, zero))
+        for c in self.energy_scales:
+            k = 1.0 / (self._n * c * c * s2)
+            out.append((k, k))
+        return out
+
+    # ------------------------------------------------------------------ moments
+    def _empty_sums(self) -> dict:
+        D, G, S = self.transform_.layout.size, self.G, len(self.sigmas)
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        return {"count": 0, "x": z(D), "xx": z(D, D), "cross": z(S, D, G * D), "g": z(S, G, D), "p": z(S, G, D),
+                "stein": z(S, G, D), "ff": z(S, G, G, D)}
+
+    @staticmethod
+    def _merge(a: dict, b: dict) -> dict:
+        return {k: a[k] + b[k] for k in a}
+
+    def _update(self, sums: dict, w: torch.Tensor) -> None:
+        """Add a batch's exact noise-averaged moments (docs/method.md §9) for every grid sigma."""
+        x = w - self.centre_
+        B, D = x.shape
+        xsq = x * x
+        sn = torch.cat([xsq, xsq.new_zeros(B, 1)], 1)[:, self._nbr].sum(-1) - xsq  # sum over N(i) \ {i}
+        sums["count"] += B
+        sums["x"] += x.sum(0)
+        sums["xx"].addmm_(x.T, x)
+        for k, s in enumerate(self.sigmas):
+            s2 = s * s
+            kap = self._gate_kappas(s2)
+            gates = []
+            for a, (ko, kn) in enumerate(kap):
+                logp = _log_e0(xsq, ko, s2) + (self._n - 1) * (-0.5 * torch.log1p(s2 * kn)) - kn * sn / (2 * (1 + s2 * kn))
+                p = torch.exp(logp)
+                rho = 1.0 / (1.0 + s2 * ko)
+                e2 = p * (rho * rho * xsq + s2 * rho)  # E_z[y_i^2 * exps] with y centred
+                gates.append(p * rho * x)
+                sums["p"][k, a] += p.sum(0)
+                sums["stein"][k, a] += (p - ko * e2).sum(0)
+                for b in range(a, len(kap)):
+                    ko2, kn2 = ko + kap[b][0], kn + kap[b][1]
+                    lp = _log_e0(xsq, ko2, s2) + (self._n - 1) * (-0.5 * torch.log1p(s2 * kn2)) \
+                        - kn2 * sn / (2 * (1 + s2 * kn2))
+                    r2 = 1.0 / (1.0 + s2 * ko2)
+                    v = (torch.exp(lp) * (r2 * r2 * xsq + s2 * r2)).sum(0)
+                    sums["ff"][k, a, b] += v
+                    if b != a:
+                        sums["ff"][k, b, a] += v
+            g = torch.stack(gates, 1)  # (B, G, D)
+            sums["g"][k] += g.sum(0)
+            sums["cross"][k].addmm_(x.T, g.reshape(B, -1))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, *, progress: bool = True) -> "GatedMachine":
+        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
+        from tqdm.auto import tqdm
+
+        self._validate()
+        t0 = time.perf_counter()
+        total = -(-len(data) // self.batch_size) if isinstance(data, (torch.Tensor, np.ndarray)) else None
+        sums = held = None
+        held_x: list = []
+        for batch in tqdm(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}", unit="batch",
+                          disable=not progress, leave=False):
+            if sums is None:
+                self._setup(batch)
+                sums, held = self._empty_sums(), self._empty_sums()
+            elif tuple(batch.shape[1:]) != self.shape_:
+                raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
+            w = self.transform_.forward(batch.to(torch.float64).cpu())
+            h = int(round(self.holdout * batch.shape[0])) if self.select else 0
+            if h:
+                self._update(held, w[:h])
+                if sum(len(v) for v in held_x) < SELECT_IMAGES:
+                    held_x.append(w[:h])
+            self._update(sums, w[h:])
+        if sums is None:
+            raise WavescoreError("no images to fit: the data is empty")
+        choice = None
+        if self.select:
+            if not held_x or sums["count"] < 2:
+                raise WavescoreError("select=True needs more images: the held-out split is empty")
+            choice = self._choose(sums, torch.cat(held_x)[:SELECT_IMAGES], progress)
+            sums = self._merge(sums, held)
+        self._solve_all(sums, choice)
+        self.n_samples_ = sums["count"]
+        self.choice_ = choice
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    # ------------------------------------------------------------------ closed form
+    def _gaussian_basis(self, sums: dict):
+        n = sums["count"]
+        mean = sums["x"] / n  # of x = w - centre
+        cov = sums["xx"] / n - torch.outer(mean, mean)
+        lam, V = torch.linalg.eigh(cov)
+        return mean, lam.clamp_min(0), V
+
+    def _solve(self, sums: dict, k: int, basis, ridge: float):
+        """Joint optimum at grid sigma k (method.md §8-9): beta (D, G), Z = V^T K beta (D, D) with
+        a_i = -C^{-1} (e_i + V Z[:, i]), and the constant (D,) that centres the gates."""
+        n = sums["count"]
+        s = self.sigmas[k]
+        mean, lam, V = basis
+        D, G = mean.shape[0], self.G
+        inv = 1.0 / (lam + s * s + ridge * lam.mean())
+        ef = sums["g"][k] / n  # (G, D): E f_a(y)_i (= E of its noise average)
+        cross = (sums["cross"][k] / n).reshape(D, G, D)  # E[x_j gbar_a(x)_i]
+        kap = self._gate_kappas(s * s)
+        rho_own = torch.stack([1.0 / (1.0 + s * s * ko) for ko, _ in kap])  # (G, D)
+        rho_nbr = torch.stack([1.0 / (1.0 + s * s * kn) for _, kn in kap])
+        K = cross.clone()
+        ii, jj = self._pairs
+        K[jj, :, ii] *= rho_nbr[:, ii].T  # j in N(i) \ {i}: the noise of y_j is inside the gate
+        ar = torch.arange(D)
+        K[ar, :, ar] = (K[ar, :, ar] * rho_own.T + s * s * (rho_own * sums["p"][k] / n).T)
+        K -= mean[:, None, None] * ef[None]  # centred: Cov(y_j, f_a(y)_i)
+        KT = (V.T @ K.reshape(D, G * D)).reshape(D, G, D).permute(2, 1, 0).contiguous()  # (i, G, D) eigenbasis
+        cf = (sums["ff"][k] / n).permute(2, 0, 1) - ef.T[:, :, None] * ef.T[:, None, :]  # (D, G, G)
+        b = (sums["stein"][k] / n).T  # (D, G): E[d f_a / d y_i]
+        # A gate open on fewer than MIN_OPEN training images' worth (sum of its noise-averaged
+        # openness P) is fitted to those few images: it is pinned to beta = 0 instead.
+        dead = sums["p"][k].T < MIN_OPEN  # (D, G)
+        if dead.any():
+            KT[dead] = 0.0
+            b[dead] = 0.0
+            cf[dead.unsqueeze(-1) | dead.unsqueeze(-2)] = 0.0
+            cf.diagonal(dim1=1, dim2=2)[dead] = 1.0
+        beta, zb = schur_solve(KT, cf, b, V, inv, ridge)
+        const = -(beta * ef.T).sum(1)
+        return beta, zb.T.contiguous(), const
+
+    def _solve_all(self, sums: dict, choice) -> None:
+        basis = self._gaussian_basis(sums)
+        mean, self.lam_, self.V_ = basis
+        self.mean_ = mean + self.centre_  # in w units
+        D, S = self.mean_.shape[0], len(self.sigmas)
+        self.beta_ = torch.zeros(S, D, self.G, dtype=torch.float64)
+        self.Z_ = torch.zeros(S, D, D, dtype=torch.float64)
+        self.const_ = torch.zeros(S, D, dtype=torch.float64)
+        for k in range(S):
+            pick = ("gated", self.ridge) if choice is None else tuple(choice["candidates"][choice["best"][k]])
+            if pick[0] == "gated":
+                self.beta_[k], self.Z_[k], self.const_[k] = self._solve(sums, k, basis, float(pick[1]))
+
+    def _choose(self, sums: dict, w0: torch.Tensor, progress: bool) -> dict:
+        """Held-out denoising MSE per grid sigma: the Gaussian score against the gated machine
+        at each ridge, with the same seeded noise (paired)."""
+        from tqdm.auto import tqdm
+
+        basis = self._gaussian_basis(sums)
+        cands = [("gaussian", self.ridge)] + [("gated", r) for r in SELECT_RIDGES]
+        mse = np.zeros((len(self.sigmas), len(cands)))
+        gen = torch.Generator().manual_seed(20261129)
+        mean, lam, V = basis
+        for k, s in enumerate(tqdm(self.sigmas, desc="select", disable=not progress, leave=False)):
+            y = w0 + s * torch.randn(w0.shape, generator=gen, dtype=torch.float64)
+            u = y - self.centre_ - mean
+            feats = self._features(y, s)
+            for j, (kind, r) in enumerate(cands):
+                inv = 1.0 / (lam + s * s + r * lam.mean())
+                score = -((u @ V) * inv) @ V.T
+                if kind == "gated":
+                    beta, Z, const = self._solve(sums, k, basis, r)
+                    score += -((u @ V) * inv) @ Z + (feats * beta.T).sum(1) + const
+                mse[k, j] = float(((y + s * s * score - w0) ** 2).mean())
+        best = mse.argmin(1)
+        return {"sigmas": list(self.sigmas), "candidates": [list(c) for c in cands], "best": best.tolist(),
+                "mse": mse.tolist(), "n_images": int(w0.shape[0]),
+                "chosen": [f"{cands[b][0]}, ridge {cands[b][1]:g}" for b in best]}
+
+    def _features(self, y: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The gates f_a(y)_i, (N, G, D)."""
+        x = y - self.centre_
+        xsq = x * x
+        sn = torch.cat([xsq, xsq.new_zeros(x.shape[0], 1)], 1)[:, self._nbr].sum(-1) - xsq
+        out = []
+        for ko, kn in self._gate_kappas(sigma * sigma):
+            out.append(x * torch.exp(-0.5 * (ko * xsq + kn * sn)))
+        return torch.stack(out, 1)
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "beta_"):
+            raise WavescoreError("this GatedMachine is not fitted yet: call fit(data) or GatedMachine.load(path)")
+
+    def _brackets(self, sigma: float) -> list[tuple[int, float]]:
+        """Grid points and weights for sigma: linear in log sigma between grid points, the
+        smallest one below the grid, none (the Gaussian score) above it."""
+        s = np.asarray(self.sigmas)
+        if sigma > s[-1] * (1 + 1e-12):
+            return []
+        if sigma <= s[0]:
+            return [(0, 1.0)]
+        k = int(np.searchsorted(s, sigma))
+        if abs(sigma - s[k]) <= 1e-12 * s[k]:
+            return [(k, 1.0)]
+        t = (math.log(sigma) - math.log(s[k - 1])) / (math.log(s[k]) - math.log(s[k - 1]))
+        return [(k - 1, 1.0 - t), (k, t)]
+
+    def _correction(self, w: torch.Tensor, k: int) -> torch.Tensor:
+        """What the gated machine at grid sigma k adds to the Gaussian denoiser, s_k^2 (s_gated - s_gauss)."""
+        s = self.sigmas[k]
+        u = w - self.mean_
+        inv = 1.0 / (self.lam_ + s * s + self.ridge * self.lam_.mean())
+        corr = -((u @ self.V_) * inv) @ self.Z_[k] + (self._features(w, s) * self.beta_[k].T).sum(1) + self.const_[k]
+        return s * s * corr
+
+    def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64.
+
+        Off the grid, the Gaussian score is exact and the gated denoiser's correction to it is
+        interpolated in log sigma between the two neighbouring grid machines (each of them
+        self-consistent; their parameters, which may cancel each other, are not mixed)."""
+        self._require_fitted()
+        sigma = float(sigma)
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        u = w - self.mean_
+        inv = 1.0 / (self.lam_ + sigma**2 + self.ridge * self.lam_.mean())
+        out = -((u @ self.V_) * inv) @ self.V_.T
+        for k, weight in self._brackets(sigma):
+            out += (weight / sigma**2) * self._correction(w, k)
+        return out
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
+        self._require_fitted()
+        _check_images(x)
+        if tuple(x.shape[1:]) != self.shape_:
+            raise WavescoreError(f"this machine was fitted on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        if not torch.isfinite(x).all():
+            raise WavescoreError("the input images contain NaN or inf")
+        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
+        if sig.numel() not in (1, x.shape[0]):
+            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
+        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+        out = torch.empty(x.shape, dtype=torch.float64)
+        xd = x.detach().cpu().to(torch.float64)
+        for value in torch.unique(sig):
+            sel = sig == value
+            for s0 in range(0, int(sel.sum()), 2000):
+                idx = torch.nonzero(sel).flatten()[s0 : s0 + 2000]
+                w = self.transform_.forward(xd[idx])
+                sw = self.wavelet_score(w.reshape(len(idx), -1), float(value))
+                out[idx] = self.transform_.inverse(sw.reshape(w.shape))
+        return out.to(x.device)
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
+        s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten()
+        s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
+        return (x.detach().cpu().to(torch.float64) + s2 * self.score(x, sigma)).to(x.dtype).to(x.device)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the configuration, the Gaussian moments and the per-sigma gate solution, atomically."""
+        self._require_fitted()
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
+                  "count": self.n_samples_, "fit_time": getattr(self, "fit_time_", None), "choice": self.choice_}
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                  "centre": self.centre_.numpy(), "mean": self.mean_.numpy(), "lam": self.lam_.numpy(),
+                  "V": self.V_.numpy(), "beta": self.beta_.numpy(), "Z": self.Z_.numpy(), "const": self.const_.numpy()}
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "GatedMachine":
+        path = Path(path)
+        hint = "refit it with `wavescore fit --family gaussian+gates`"
+        if not path.exists():
+            raise WavescoreError(f"no machine file at {path}: {hint}")
+        if not zipfile.is_zipfile(path):
+            raise WavescoreError(f"{path} is not a wavescore machine (not a .wsm archive; truncated or foreign file): {hint}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                if header.get("format") != FORMAT:
+                    raise WavescoreError(f"{path} is not a gated machine (format {header.get('format')!r})")
+                if header.get("version") != FORMAT_VERSION:
+                    raise WavescoreError(f"{path} has gated-machine format version {header.get('version')}, this "
+                                         f"wavescore reads {FORMAT_VERSION}: {hint}")
+                arr = {k: torch.from_numpy(z[k].copy()) for k in ("centre", "mean", "lam", "V", "beta", "Z", "const")}
+        except WavescoreError:
+            raise
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+            raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
+        m = cls(**header["params"])
+        m.shape_ = tuple(header["shape"])
+        m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
+        m._neighbourhoods()
+        D, S = m.transform_.layout.size, len(m.sigmas)
+        if arr["Z"].shape != (S, D, D) or arr["beta"].shape != (S, D, m.G):
+            raise WavescoreError(f"{path} does not match its own configuration (array shapes differ): {hint}")
+        m.centre_, m.mean_, m.lam_, m.V_ = arr["centre"], arr["mean"], arr["lam"], arr["V"]
+        m.beta_, m.Z_, m.const_ = arr["beta"], arr["Z"], arr["const"]
+        m.n_samples_, m.choice_, m.fit_time_ = header["count"], header.get("choice"), header.get("fit_time")
+        return m
+
+
+def read_format(path) -> str | None:
+    """The ``format`` of a .wsm file's header (None when unreadable): which class loads it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(bytes(z["header"]).decode()).get("format")
+    except Exception:  # noqa: BLE001 - the loaders report the precise problem
+        return None
