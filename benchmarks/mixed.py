@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from wavescore import ScoreMachine, load_dataset
+from wavescore.gates import GatedMachine
 from wavescore._io import write_bytes_atomic, write_json
 from wavescore.evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
@@ -39,7 +40,15 @@ CONFIGS = [
     dict(family="gaussian+local", degree=2),
     dict(family="gaussian+parent", degree=2),
     dict(family="mixed", terms=STRONGEST_TERMS, select=True),
+    dict(cls="gated"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
 ]
+
+
+def build(cfg: dict):
+    cfg = dict(cfg)
+    if cfg.pop("cls", None) == "gated":
+        return GatedMachine(**cfg)
+    return ScoreMachine(**cfg)
 
 
 def main() -> None:
@@ -63,7 +72,7 @@ def main() -> None:
     test = load_dataset(args.data, "test", limit=args.limit_test)
     result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
     for cfg in CONFIGS:
-        m = ScoreMachine(**cfg)
+        m = build(cfg)
         name = m.name + ("-select" if m.select else "")
         if name in result["models"]:
             continue
@@ -71,7 +80,8 @@ def main() -> None:
         m.fit(train)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        m.parameters(0.1234)
+        if isinstance(m, ScoreMachine):
+            m.parameters(0.1234)
         solve_s = time.perf_counter() - t0
         ev = evaluate_denoisers({name: m}, test, result["sigmas"], seed=0)["models"][name]
         ev.update(fit_seconds=fit_s, solve_seconds=solve_s, params=m.get_params(),

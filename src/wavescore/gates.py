@@ -281,31 +281,43 @@ class GatedMachine:
         lam, V = torch.linalg.eigh(cov)
         return mean, lam.clamp_min(0), V
 
+    def noisy_moments(self, sums: dict, k: int) -> dict:
+        """Exact moments at grid sigma k of the noisy coefficients y = x + s z under the
+        empirical data (docs/method.md §9): ``K`` (D_j, G, D_i) = E[y_j f_a(y)_i] (uncentred),
+        ``ef`` (G, D) = E f_a(y)_i, ``ff`` (D, G, G) = E[f_a f_b], ``stein`` (D, G) = E[d f_a / d y_i]."""
+        n = sums["count"]
+        s = self.sigmas[k]
+        D, G = sums["x"].shape[0], self.G
+        K = (sums["cross"][k] / n).reshape(D, G, D).clone()  # E[x_j gbar_a(x)_i]
+        kap = self._gate_kappas(s * s)
+        rho_own = torch.stack([1.0 / (1.0 + s * s * ko) for ko, _ in kap])  # (G, D)
+        rho_nbr = torch.stack([1.0 / (1.0 + s * s * kn) for _, kn in kap])
+        ii, jj = self._pairs
+        K[jj, :, ii] *= rho_nbr[:, ii].T  # j in N(i) \ {i}: the noise of y_j is inside the gate
+        ar = torch.arange(D)
+        K[ar, :, ar] = K[ar, :, ar] * rho_own.T + s * s * (rho_own * sums["p"][k] / n).T
+        return {"K": K, "ef": sums["g"][k] / n, "ff": (sums["ff"][k] / n).permute(2, 0, 1),
+                "stein": (sums["stein"][k] / n).T, "open": sums["p"][k].T}
+
     def _solve(self, sums: dict, k: int, basis, ridge: float):
         """Joint optimum at grid sigma k (method.md §8-9): beta (D, G), Z = V^T K beta (D, D) with
         a_i = -C^{-1} (e_i + V Z[:, i]), and the constant (D,) that centres the gates."""
-        n = sums["count"]
         s = self.sigmas[k]
         mean, lam, V = basis
         D, G = mean.shape[0], self.G
         inv = 1.0 / (lam + s * s + ridge * lam.mean())
-        ef = sums["g"][k] / n  # (G, D): E f_a(y)_i (= E of its noise average)
-        cross = (sums["cross"][k] / n).reshape(D, G, D)  # E[x_j gbar_a(x)_i]
-        kap = self._gate_kappas(s * s)
-        rho_own = torch.stack([1.0 / (1.0 + s * s * ko) for ko, _ in kap])  # (G, D)
-        rho_nbr = torch.stack([1.0 / (1.0 + s * s * kn) for _, kn in kap])
-        K = cross.clone()
-        ii, jj = self._pairs
-        K[jj, :, ii] *= rho_nbr[:, ii].T  # j in N(i) \ {i}: the noise of y_j is inside the gate
-        ar = torch.arange(D)
-        K[ar, :, ar] = (K[ar, :, ar] * rho_own.T + s * s * (rho_own * sums["p"][k] / n).T)
-        K -= mean[:, None, None] * ef[None]  # centred: Cov(y_j, f_a(y)_i)
+        mo = self.noisy_moments(sums, k)
+        ef = mo["ef"]
+        K = mo["K"] - mean[:, None, None] * ef[None]  # centred: Cov(y_j, f_a(y)_i)
         KT = (V.T @ K.reshape(D, G * D)).reshape(D, G, D).permute(2, 1, 0).contiguous()  # (i, G, D) eigenbasis
-        cf = (sums["ff"][k] / n).permute(2, 0, 1) - ef.T[:, :, None] * ef.T[:, None, :]  # (D, G, G)
-        b = (sums["stein"][k] / n).T  # (D, G): E[d f_a / d y_i]
+        cf = mo["ff"] - ef.T[:, :, None] * ef.T[:, None, :]  # (D, G, G)
+        b = mo["stein"].clone()
         # A gate open on fewer than MIN_OPEN training images' worth (sum of its noise-averaged
         # openness P) is fitted to those few images: it is pinned to beta = 0 instead.
-        dead = sums["p"][k].T < MIN_OPEN  # (D, G)
+        # An energy gate over a one-member neighbourhood (the coarsest approximation) repeats
+        # the own gate of the same width: also pinned.
+        dead = mo["open"] < MIN_OPEN  # (D, G)
+        dead[:, len(self.scales):] |= (self._n == 1)[:, None]
         if dead.any():
             KT[dead] = 0.0
             b[dead] = 0.0
