@@ -156,3 +156,22 @@ def test_bad_input_is_refused():
         GatedMachine().score(torch.zeros(1, 1, 8, 8), 0.1)
     with pytest.raises(WavescoreError, match="GiB"):
         GatedMachine(max_memory=1e6).fit(torch.zeros(4, 1, 32, 32), progress=False)
+
+
+def test_cli_fit_evaluate_sample(tmp_path, capsys):
+    import json
+
+    from wavescore.cli import main
+
+    wsm = tmp_path / "g.wsm"
+    assert main(["fit", "--data", "digits", "--family", "gaussian+gates", "--gate-scales", "1,3",
+                 "--energy-scales", "2", "-o", str(wsm)]) == 0
+    meta = json.loads((tmp_path / "g.wsm.json").read_text())
+    assert meta["params"]["scales"] == [1.0, 3.0] and meta["name"].startswith("gaussian+gates")
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", "--model", str(wsm), "--data", "digits", "--sigmas", "0.05,1", "-o", str(out)]) == 0
+    ev = json.loads(out.read_text())
+    (name,) = ev["models"]
+    assert name.startswith("gaussian+gates") and all(np.isfinite(ev["models"][name]["mse"]))
+    assert main(["fit", "--data", "digits", "--family", "gaussian+gates", "--gate-scales", "a", "-o", str(wsm)]) == 2
+    assert "comma-separated" in capsys.readouterr().err

@@ -14,6 +14,7 @@ _LAZY = {
     "WaveletTransform": "transform",
     "Layout": "transform",
     "ScoreMachine": "machine",
+    "GatedMachine": "gates",
     "MomentAccumulator": "moments",
     "sample": "samplers",
 }

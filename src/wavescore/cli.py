@@ -57,9 +57,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="local",
                    choices=["independent", "orientation", "local", "parent", "gaussian", "gaussian+independent",
-                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "gaussian+gsm", "mixed"],
+                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "gaussian+gsm", "gaussian+gates",
+                            "mixed"],
                    help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
-                        "mixed: the terms given by --terms")
+                        "gaussian+gates: the Gaussian score plus sigma-scaled shrinkage gates (always with the "
+                        "held-out choice); mixed: the terms given by --terms")
+    p.add_argument("--gate-scales", default="1,2,4", help="gaussian+gates: own-coefficient gate widths, in sigmas")
+    p.add_argument("--energy-scales", default="1,2",
+                   help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
@@ -74,6 +79,13 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ridge", type=float, default=1e-6)
 
 
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise WavescoreError(f"{flag} takes comma-separated numbers, e.g. 1,2,4; got {text!r}") from None
+
+
 def _cmd_fit(args: argparse.Namespace) -> None:
     from . import datasets
     from ._io import write_json
@@ -85,9 +97,19 @@ def _cmd_fit(args: argparse.Namespace) -> None:
             terms = json.loads(args.terms)
         except json.JSONDecodeError as exc:
             raise WavescoreError(f"--terms must be a JSON list of terms ({exc}); see `wavescore fit --help`") from None
-    m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
-                     bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge, terms=terms,
-                     select=args.select, holdout=args.holdout)
+    if args.family == "gaussian+gates":
+        from .gates import GatedMachine
+
+        m = GatedMachine(scales=_floats(args.gate_scales, "--gate-scales"),
+                         energy_scales=_floats(args.energy_scales, "--energy-scales"), radius=args.radius,
+                         bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge,
+                         holdout=args.holdout)
+        if args.workers or args.scheduler:
+            raise WavescoreError("gaussian+gates fits in one process: drop --workers/--scheduler")
+    else:
+        m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
+                         bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge, terms=terms,
+                         select=args.select, holdout=args.holdout)
     sources = args.data or ["mnist"]
     if args.select and (args.workers or args.scheduler):
         raise WavescoreError("--select runs in one process: drop --workers/--scheduler, or fit without --select")

@@ -77,11 +77,13 @@ class GatedMachine:
         each gate's noisy second moment (gates).
     select : choose per grid sigma between the Gaussian score and the gated machine (and the
         ridge) by denoising MSE on ``holdout`` of the training images; the choice is saved.
+
+    Computes on the CPU in float64 (inputs on another device are moved and the result moved back).
     """
 
     def __init__(self, scales=(1.0, 2.0, 4.0), energy_scales=(1.0, 2.0), radius: int = 1, bands: str = "same",
                  sigmas=SIGMA_GRID, wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
-                 select: bool = True, holdout: float = 0.1, *, batch_size: int = 500, device: str = "cpu",
+                 select: bool = True, holdout: float = 0.1, *, batch_size: int = 500,
                  max_memory: float | None = None):
         self.scales = tuple(float(c) for c in scales)
         self.energy_scales = tuple(float(c) for c in energy_scales)
@@ -94,7 +96,6 @@ class GatedMachine:
         self.select = select
         self.holdout = holdout
         self.batch_size = batch_size
-        self.device = device
         self.max_memory = max_memory
         self._validate()
 
@@ -113,8 +114,7 @@ class GatedMachine:
 
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("scales", "energy_scales", "radius", "bands", "sigmas", "wavelet",
-                                              "levels", "ridge", "select", "holdout", "batch_size", "device",
-                                              "max_memory")}
+                                              "levels", "ridge", "select", "holdout", "batch_size", "max_memory")}
 
     @property
     def name(self) -> str:
