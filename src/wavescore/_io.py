@@ -81,3 +81,44 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_archive(path: str | os.PathLike, header: dict, arrays: dict) -> Path:
+    """A machine file: a JSON header plus named float arrays in one .npz, written atomically."""
+    import numpy as np
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    return path
+
+
+def read_archive(path: str | os.PathLike, fmt: str, version: int, what: str, hint: str) -> tuple[dict, dict]:
+    """(header, {name: torch tensor}) of a file written by :func:`write_archive`; every failure
+    (missing, foreign, other format or version, truncated, corrupt) is a WavescoreError that
+    ends with ``hint``."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise WavescoreError(f"no machine file at {path}: {hint}")
+    if not zipfile.is_zipfile(path):
+        raise WavescoreError(f"{path} is not a wavescore machine (not a .wsm archive; truncated or foreign file): {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            if header.get("format") != fmt:
+                raise WavescoreError(f"{path} is not a {what} (format {header.get('format')!r})")
+            if header.get("version") != version:
+                raise WavescoreError(f"{path} has {what} format version {header.get('version')}, "
+                                     f"this wavescore reads version {version}: {hint}")
+            arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files if k != "header"}
+    except WavescoreError:
+        raise
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+        raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
+    return header, arrays

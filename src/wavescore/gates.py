@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import math
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._io import WavescoreError, atomic_path
+from ._io import WavescoreError, read_archive, write_archive
 from .machine import _check_images, _physical_memory, iter_batches
 from .neighbourhoods import build_groups
 from .solver import schur_solve
@@ -158,7 +157,6 @@ class GatedMachine:
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
         lay = self.transform_.layout
-        D = lay.size
         w = self.transform_.forward(reference.detach().cpu().to(torch.float64))
         self.centre_ = band_centres(lay, w)
         self._neighbourhoods()
@@ -454,43 +452,23 @@ class GatedMachine:
         self._require_fitted()
         header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
                   "count": self.n_samples_, "fit_time": getattr(self, "fit_time_", None), "choice": self.choice_}
-        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                  "centre": self.centre_.numpy(), "mean": self.mean_.numpy(), "lam": self.lam_.numpy(),
+        arrays = {"centre": self.centre_.numpy(), "mean": self.mean_.numpy(), "lam": self.lam_.numpy(),
                   "V": self.V_.numpy(), "beta": self.beta_.numpy(), "Z": self.Z_.numpy(), "const": self.const_.numpy()}
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        return path
+        return write_archive(path, header, arrays)
 
     @classmethod
     def load(cls, path) -> "GatedMachine":
         path = Path(path)
         hint = "refit it with `wavescore fit --family gaussian+gates`"
-        if not path.exists():
-            raise WavescoreError(f"no machine file at {path}: {hint}")
-        if not zipfile.is_zipfile(path):
-            raise WavescoreError(f"{path} is not a wavescore machine (not a .wsm archive; truncated or foreign file): {hint}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                if header.get("format") != FORMAT:
-                    raise WavescoreError(f"{path} is not a gated machine (format {header.get('format')!r})")
-                if header.get("version") != FORMAT_VERSION:
-                    raise WavescoreError(f"{path} has gated-machine format version {header.get('version')}, this "
-                                         f"wavescore reads {FORMAT_VERSION}: {hint}")
-                arr = {k: torch.from_numpy(z[k].copy()) for k in ("centre", "mean", "lam", "V", "beta", "Z", "const")}
-        except WavescoreError:
-            raise
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
-            raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
+        header, arr = read_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint)
         m = cls(**header["params"])
         m.shape_ = tuple(header["shape"])
         m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
         m._neighbourhoods()
         D, S = m.transform_.layout.size, len(m.sigmas)
-        if arr["Z"].shape != (S, D, D) or arr["beta"].shape != (S, D, m.G):
-            raise WavescoreError(f"{path} does not match its own configuration (array shapes differ): {hint}")
+        names = ("centre", "mean", "lam", "V", "beta", "Z", "const")
+        if any(k not in arr for k in names) or arr["Z"].shape != (S, D, D) or arr["beta"].shape != (S, D, m.G):
+            raise WavescoreError(f"{path} does not match its own configuration (arrays missing or of other shapes): {hint}")
         m.centre_, m.mean_, m.lam_, m.V_ = arr["centre"], arr["mean"], arr["lam"], arr["V"]
         m.beta_, m.Z_, m.const_ = arr["beta"], arr["Z"], arr["const"]
         m.n_samples_, m.choice_, m.fit_time_ = header["count"], header.get("choice"), header.get("fit_time")

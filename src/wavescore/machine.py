@@ -7,11 +7,8 @@ returns self, fitted state ends in ``_`` and ``save``/``load`` round-trip it exa
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +16,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ._io import WavescoreError, atomic_path
+from ._io import WavescoreError, read_archive, write_archive
 from .features import Monomials, monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
@@ -770,42 +767,24 @@ class ScoreMachine:
             "fit_time": getattr(self, "fit_time_", None),
             "choice": getattr(self, "choice_", None),
         }
-        arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                  "shift": acc.shift.cpu().numpy(), "scale": acc.scale.cpu().numpy()}
+        arrays = {"shift": acc.shift.cpu().numpy(), "scale": acc.scale.cpu().numpy()}
         for k, gram in enumerate(acc.grams):
             arrays[f"gram{k}"] = gram.cpu().numpy()
         if isinstance(acc, MixedMomentAccumulator):
             arrays["cross_sum"], arrays["mono_sum"] = acc.cross_sum.cpu().numpy(), acc.mono_sum.cpu().numpy()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        return path
+        return write_archive(path, header, arrays)
 
     @classmethod
     def load(cls, path) -> "ScoreMachine":
         path = Path(path)
-        if not path.exists():
-            raise WavescoreError(f"no machine file at {path}: fit one with `wavescore fit ... -o {path}`")
         hint = "refit it with `wavescore fit`"
-        if not zipfile.is_zipfile(path):
-            raise WavescoreError(f"{path} is not a wavescore machine (not a .wsm archive; truncated or foreign file): {hint}")
+        header, arrays = read_archive(path, FORMAT, FORMAT_VERSION, "wavescore machine", hint)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                if header.get("format") != FORMAT:
-                    raise WavescoreError(f"{path} is not a wavescore machine (format {header.get('format')!r})")
-                if header.get("version") != FORMAT_VERSION:
-                    raise WavescoreError(f"{path} has machine format version {header.get('version')}, "
-                                         f"this wavescore reads version {FORMAT_VERSION}: {hint}")
-                shift = torch.from_numpy(z["shift"].copy())
-                scale = torch.from_numpy(z["scale"].copy())
-                grams = [torch.from_numpy(z[f"gram{k}"].copy()) for k in range(header["groups"])]
-                cross = {k: torch.from_numpy(z[k].copy()) for k in ("cross_sum", "mono_sum") if k in z.files}
-        except WavescoreError:
-            raise
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
-            raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
+            shift, scale = arrays["shift"], arrays["scale"]
+            grams = [arrays[f"gram{k}"] for k in range(header["groups"])]
+        except KeyError as exc:
+            raise WavescoreError(f"{path} is corrupt or truncated (missing {exc}): {hint}") from None
+        cross = {k: arrays[k] for k in ("cross_sum", "mono_sum") if k in arrays}
         machine = cls(**header["params"])
         shape = tuple(header["shape"])
         machine.shape_ = shape
