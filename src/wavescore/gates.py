@@ -119,7 +119,7 @@ class GatedMachine:
     def name(self) -> str:
         own = ",".join(f"{c:g}" for c in self.scales)
         en = ",".join(f"{c:g}" for c in self.energy_scales)
-        return f"gaussian+gates[{own}|r{self.radius}:{en}]"
+        return f"gaussian+gates(own {own}; energy-r{self.radius} {en})"
 
     def __repr__(self) -> str:
         return f"GatedMachine({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
