@@ -136,8 +136,10 @@ class GatedMachine:
         D, G, S = C * H * W, self.G, len(self.sigmas)
         sums = (2 if self.select else 1) * (S * G * D * D + 2 * D * D) * 8
         batch = 6 * self.batch_size * D * G * 8
-        solve = (3 * G * D * D + 6 * D * D) * 8 + S * D * D * 8
-        total = sums + batch + solve
+        # one grid sigma's solve: K, its centred and rotated copies, the transposed layout and
+        # its inv-weighted copy (~8 G D^2), the eigenbasis, and the kept Z for every sigma
+        solve = (8 * G * D * D + 6 * D * D) * 8 + S * D * D * 8
+        total = int(1.1 * (sums + batch + solve))  # allocator allowance, measured: see README
         return {"sums": sums, "batch": batch, "solve": solve, "total": total, "D": D}
 
     def _check_memory(self, shape) -> None:
