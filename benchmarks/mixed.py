@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--nets", nargs="*", default=[], help="trained network checkpoints (.pt) to add as rows")
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--save-machines", default=None, help="folder to keep the fitted machines (.wsm)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="fit only the models whose names start with one of these (e.g. gaussian-P1 gaussian+gates)")
     args = ap.parse_args()
     out = Path(args.output)
     stem = "mixed" if args.data == "mnist" else f"mixed-{args.data}"
@@ -74,7 +76,7 @@ def main() -> None:
     for cfg in CONFIGS:
         m = build(cfg)
         name = m.name + ("-select" if m.select else "")
-        if name in result["models"]:
+        if name in result["models"] or (args.only is not None and not name.startswith(tuple(args.only))):
             continue
         t0 = time.perf_counter()
         m.fit(train)

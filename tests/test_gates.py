@@ -178,3 +178,18 @@ def test_cli_fit_evaluate_sample(tmp_path, capsys):
     assert name.startswith("gaussian+gates") and all(np.isfinite(ev["models"][name]["mse"]))
     assert main(["fit", "--data", "digits", "--family", "gaussian+gates", "--gate-scales", "a", "-o", str(wsm)]) == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_colour_images_and_batches_iterable():
+    """Channels: gates stay within a channel, the Gaussian part couples them; a fit from an
+    iterable of batches equals the fit from the tensor."""
+    x = load_dataset("digits", "train", limit=300)
+    rgb = torch.cat([x, x.flip(-1), 0.5 * x], 1)  # (300, 3, 8, 8)
+    a = GatedMachine(sigmas=(0.1, 0.5), select=False, batch_size=100).fit(rgb, progress=False)
+    b = GatedMachine(sigmas=(0.1, 0.5), select=False, batch_size=100).fit(
+        (rgb[i : i + 100] for i in range(0, 300, 100)), progress=False)
+    torch.testing.assert_close(a.Z_, b.Z_, rtol=1e-10, atol=1e-12)
+    y = rgb[:50].double() + 0.1 * torch.randn(50, 3, 8, 8, dtype=torch.float64)
+    d = a.denoise(y, 0.1)
+    assert d.shape == y.shape and torch.isfinite(d).all()
+    assert float(((d - rgb[:50]) ** 2).mean()) < 0.5 * float(((y - rgb[:50]) ** 2).mean())
