@@ -176,6 +176,11 @@ def test_cli_fit_evaluate_sample(tmp_path, capsys):
     ev = json.loads(out.read_text())
     (name,) = ev["models"]
     assert name.startswith("gaussian+gates") and all(np.isfinite(ev["models"][name]["mse"]))
+    png = tmp_path / "s.png"
+    assert main(["sample", "--model", str(wsm), "-n", "8", "--steps", "6", "-o", str(png)]) == 0
+    samples = np.load(tmp_path / "s.npz")
+    arr = samples[samples.files[0]]
+    assert arr.shape[0] == 8 and np.isfinite(arr).all()
     assert main(["fit", "--data", "digits", "--family", "gaussian+gates", "--gate-scales", "a", "-o", str(wsm)]) == 2
     assert "comma-separated" in capsys.readouterr().err
 
