@@ -157,6 +157,10 @@ def test_bad_input_is_refused():
         GatedMachine(sigmas=(0.1, 0.05))
     with pytest.raises(WavescoreError, match="not fitted"):
         GatedMachine().score(torch.zeros(1, 1, 8, 8), 0.1)
+    bad = load_dataset("digits", "train", limit=50).clone()
+    bad[3, 0, 2, 2] = float("nan")
+    with pytest.raises(WavescoreError, match="NaN"):
+        GatedMachine(select=False).fit(bad, progress=False)
     with pytest.raises(WavescoreError, match="GiB"):
         GatedMachine(max_memory=1e6).fit(torch.zeros(4, 1, 32, 32), progress=False)
 

@@ -203,6 +203,8 @@ class GatedMachine:
 
     def _update(self, sums: dict, w: torch.Tensor) -> None:
         """Add a batch's exact noise-averaged moments (docs/method.md §9) for every grid sigma."""
+        if not torch.isfinite(w).all():
+            raise WavescoreError("the data contain NaN or inf values: clean or drop those images before fitting")
         x = w - self.centre_
         B, D = x.shape
         xsq = x * x
