@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from wavescore import ScoreMachine, load_dataset
-from wavescore.gates import GatedMachine
+from wavescore.models import build_machine
 from wavescore._io import write_bytes_atomic, write_json
 from wavescore.evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
@@ -43,12 +43,6 @@ CONFIGS = [
     dict(cls="gated"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
 ]
 
-
-def build(cfg: dict):
-    cfg = dict(cfg)
-    if cfg.pop("cls", None) == "gated":
-        return GatedMachine(**cfg)
-    return ScoreMachine(**cfg)
 
 
 def main() -> None:
@@ -74,7 +68,7 @@ def main() -> None:
     test = load_dataset(args.data, "test", limit=args.limit_test)
     result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
     for cfg in CONFIGS:
-        m = build(cfg)
+        m = build_machine(cfg)
         name = m.name + ("-select" if m.select else "")
         if name in result["models"] or (args.only is not None and not name.startswith(tuple(args.only))):
             continue

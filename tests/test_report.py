@@ -19,13 +19,18 @@ def report_dir(tmp_path_factory):
 
     reference = ScoreMachine(family="local", degree=1, radius=0, shared=True).fit(load_dataset("digits"), progress=False)
     run_report("digits", out, n_test=100, n_samples=4, steps=4, sigmas=(0.1, 1.0),
-               configs=[dict(family="gaussian"), dict(family="local", degree=2)], network=reference, progress=False)
+               configs=[dict(family="gaussian"), dict(family="local", degree=2), dict(cls="gated", sigmas=(0.1, 1.0))],
+               network=reference, progress=False)
     return out
 
 
 def test_report_files_and_numbers(report_dir):
     rep = json.loads((report_dir / "report.json").read_text())
-    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2"}
+    from wavescore.gates import GatedMachine
+
+    gated = GatedMachine(sigmas=(0.1, 1.0)).name
+    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2", gated}
+    assert gated in rep["samples"]["rows"] + list(rep["samples"]["diverged"])
     for res in rep["shapley"].values():
         assert len(res["coalitions"]) == 2 ** len(res["groups"])
     html = (report_dir / "index.html").read_text()

@@ -13,6 +13,16 @@ from ._io import WavescoreError
 REFERENCE_KINDS = ("network", "empirical", "els")
 
 
+def build_machine(cfg: dict):
+    """A configuration dict -> an unfitted machine: ``ScoreMachine(**cfg)``, or with
+    ``cls="gated"`` a ``GatedMachine`` with the remaining keys."""
+    from .gates import GatedMachine
+    from .machine import ScoreMachine
+
+    cfg = dict(cfg)
+    return GatedMachine(**cfg) if cfg.pop("cls", None) == "gated" else ScoreMachine(**cfg)
+
+
 def load_model(spec: str, data=None, *, limit: int | None = None):
     """Returns ``(name, model)``; ``model.kind_`` says "machine", "network", "empirical" or "els"."""
     path = Path(spec)

@@ -27,7 +27,9 @@ STANDARD = [
     dict(family="local", degree=2),
     dict(family="local", degree=2, shared=True),
     dict(family="parent", degree=2),
+    dict(cls="gated"),  # GatedMachine(): the Gaussian score plus sigma-scaled shrinkage gates (method.md §9)
 ]
+
 SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -42,6 +44,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     from .datasets import load_dataset
     from .evaluation import evaluate_denoisers
     from .machine import ScoreMachine
+    from .models import build_machine
     from .plots import plot_mse_curves, save_image_grid
     from .samplers import sample
 
@@ -65,7 +68,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     machines, fit_s = {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
-        m = ScoreMachine(**cfg).fit(train, progress=progress)
+        m = build_machine(cfg).fit(train, progress=progress)
         machines[m.name] = m
         fit_s[m.name] = time.perf_counter() - t0
     report["fit_seconds"] = fit_s
