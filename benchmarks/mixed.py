@@ -41,6 +41,8 @@ CONFIGS = [
     dict(family="gaussian+parent", degree=2),
     dict(family="mixed", terms=STRONGEST_TERMS, select=True),
     dict(cls="gated"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
+    dict(cls="gated", energy_scales=()),  # ablations: the own point mass alone ...
+    dict(cls="gated", scales=()),  # ... and the neighbourhood energy alone
 ]
 
 

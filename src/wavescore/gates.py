@@ -11,8 +11,9 @@ fitted at small sigma cannot bend on that scale. The gates
 can. Their Gaussian-noise expectations are closed forms in the clean coefficients (§9), so
 the joint optimum of [global linear terms, gates] at a noise level is still one Schur solve
 per coefficient from exact moments of the empirical data convolved with the noise; the
-moments are accumulated in one pass for every sigma of a fixed grid, and parameters at other
-sigmas are interpolated in log sigma.
+moments are accumulated in one pass for every sigma of a fixed grid; at other sigmas the
+gated correction to the (exact) Gaussian denoiser is interpolated in log sigma between the
+two neighbouring grid machines.
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ class GatedMachine:
     scales : gate widths c of the own-coefficient gates (in units of sigma).
     energy_scales : widths of the energy gates over the (2r+1)^2 window and parent.
     radius, bands : the energy neighbourhood (as in the ``parent`` family).
-    sigmas : the grid whose exact moments are accumulated; other sigmas interpolate the
-        parameters in log sigma; above the grid the machine is the Gaussian score.
+    sigmas : the grid whose exact moments are accumulated; between grid points the gated
+        correction is interpolated in log sigma; above the grid the machine is the Gaussian score.
     ridge : Tikhonov lambda relative to the mean covariance eigenvalue (linear part) and to
         each gate's noisy second moment (gates).
     select : choose per grid sigma between the Gaussian score and the gated machine (and the
@@ -117,9 +118,12 @@ class GatedMachine:
 
     @property
     def name(self) -> str:
-        own = ",".join(f"{c:g}" for c in self.scales)
-        en = ",".join(f"{c:g}" for c in self.energy_scales)
-        return f"gaussian+gates(own {own}; energy-r{self.radius} {en})"
+        parts = []
+        if self.scales:
+            parts.append("own " + ",".join(f"{c:g}" for c in self.scales))
+        if self.energy_scales:
+            parts.append(f"energy-r{self.radius} " + ",".join(f"{c:g}" for c in self.energy_scales))
+        return f"gaussian+gates({'; '.join(parts)})"
 
     def __repr__(self) -> str:
         return f"GatedMachine({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
