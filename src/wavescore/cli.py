@@ -60,8 +60,8 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
                             "gaussian+orientation", "gaussian+local", "gaussian+parent", "gaussian+gsm", "gaussian+gates",
                             "mixed"],
                    help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
-                        "gaussian+gates: the Gaussian score plus sigma-scaled shrinkage gates (always with the "
-                        "held-out choice); mixed: the terms given by --terms")
+                        "gaussian+gates: the Gaussian score plus sigma-scaled shrinkage gates (with the held-out "
+                        "choice, except on a cluster); mixed: the terms given by --terms")
     p.add_argument("--gate-scales", default="1,2,4", help="gaussian+gates: own-coefficient gate widths, in sigmas")
     p.add_argument("--energy-scales", default="1,2",
                    help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas")
@@ -100,12 +100,14 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     if args.family == "gaussian+gates":
         from .gates import GatedMachine
 
+        distributed = bool(args.workers or args.scheduler)
+        # A cluster fit has no held-out split: it keeps the gated solution at every grid sigma.
         m = GatedMachine(scales=_floats(args.gate_scales, "--gate-scales"),
                          energy_scales=_floats(args.energy_scales, "--energy-scales"), radius=args.radius,
                          bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge,
-                         holdout=args.holdout)
-        if args.workers or args.scheduler:
-            raise WavescoreError("gaussian+gates fits in one process: drop --workers/--scheduler")
+                         holdout=args.holdout, select=not distributed)
+        if distributed:
+            print("gaussian+gates on a cluster: no held-out choice (the gated solution at every grid sigma)")
     else:
         m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
                          bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge, terms=terms,

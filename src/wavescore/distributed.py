@@ -59,12 +59,30 @@ def _shard_moments(spec, params: dict, shape: tuple, shift: torch.Tensor, scale:
     return acc
 
 
+def _shard_gated_sums(spec, params: dict, shape: tuple, centre: torch.Tensor, split: str) -> dict:
+    """Worker task for a GatedMachine: one shard's exact gate sums at every grid sigma."""
+    from .gates import GatedMachine
+    from .machine import iter_batches
+
+    m = GatedMachine(**params)
+    m._structure(shape)
+    m.centre_ = centre
+    return m.shard_sums(iter_batches(_load_shard(spec, split), m.batch_size))
+
+
 def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | None = None, scheduler: str | None = None,
                     split: str = "train", progress: bool = True):
-    """Fit ``machine`` over ``shards`` on a Dask cluster and return it (fitted).
+    """Fit ``machine`` (a ScoreMachine or a GatedMachine with select=False) over ``shards`` on
+    a Dask cluster and return it (fitted).
 
     Give an existing ``client``, a ``scheduler`` address, or ``workers`` for a local cluster.
     """
+    from .gates import GatedMachine
+
+    gated = isinstance(machine, GatedMachine)
+    if gated and machine.select:
+        raise WavescoreError("a distributed GatedMachine fit cannot hold images out for select=True: "
+                             "use GatedMachine(select=False) (the gated solution at every grid sigma)")
     import time
 
     try:
@@ -75,7 +93,11 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
         raise WavescoreError("no shards to fit: give at least one data source")
     t0 = time.perf_counter()
     reference = _load_shard(shards[0], split)[: machine.batch_size]
-    acc = machine.new_accumulator(reference)
+    if gated:
+        machine._setup(reference)
+        acc = machine._empty_sums()
+    else:
+        acc = machine.new_accumulator(reference)
     own_cluster = None
     if client is None:
         if scheduler:
@@ -85,16 +107,23 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
                                        dashboard_address=None)
             client = Client(own_cluster)
     try:
-        futures = client.map(_shard_moments, list(shards), params=machine.get_params(), shape=machine.shape_,
-                             shift=acc.shift, scale=acc.scale, split=split, pure=False)
+        if gated:
+            futures = client.map(_shard_gated_sums, list(shards), params=machine.get_params(), shape=machine.shape_,
+                                 centre=machine.centre_, split=split, pure=False)
+        else:
+            futures = client.map(_shard_moments, list(shards), params=machine.get_params(), shape=machine.shape_,
+                                 shift=acc.shift, scale=acc.scale, split=split, pure=False)
         from tqdm.auto import tqdm
 
         for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", disable=not progress, leave=False):
-            acc = acc.merge(fut.result())
+            acc = machine.merge_sums(acc, fut.result()) if gated else acc.merge(fut.result())
     finally:
         if own_cluster is not None:
             client.close()
             own_cluster.close()
-    machine.set_moments(acc)
+    if gated:
+        machine.set_sums(acc)
+    else:
+        machine.set_moments(acc)
     machine.fit_time_ = time.perf_counter() - t0
     return machine

@@ -157,15 +157,39 @@ class GatedMachine:
 
     # ------------------------------------------------------------------ structure
     def _setup(self, reference: torch.Tensor) -> None:
+        """Structure for images like ``reference`` and the gate centres from it (shards of a
+        distributed fit all take them from the same reference batch)."""
         _check_images(reference)
         shape = tuple(int(s) for s in reference.shape[1:])
         self._check_memory(shape)
-        self.shape_ = shape
-        self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
-        lay = self.transform_.layout
+        self._structure(shape)
         w = self.transform_.forward(reference.detach().cpu().to(torch.float64))
-        self.centre_ = band_centres(lay, w)
+        self.centre_ = band_centres(self.transform_.layout, w)
+
+    def _structure(self, shape) -> None:
+        self.shape_ = tuple(int(v) for v in shape)
+        self.transform_ = WaveletTransform(self.shape_, self.wavelet, self.levels)
         self._neighbourhoods()
+
+    def shard_sums(self, batches) -> dict:
+        """One shard's moment sums (a worker's task in a distributed fit); needs ``_setup`` or
+        ``centre_`` and the structure of the reference."""
+        sums = self._empty_sums()
+        for batch in batches:
+            if tuple(batch.shape[1:]) != self.shape_:
+                raise WavescoreError(f"shard images {tuple(batch.shape[1:])}, the others {self.shape_}: "
+                                     "every shard must share one image shape")
+            self._update(sums, self.transform_.forward(batch.to(torch.float64).cpu()))
+        return sums
+
+    def set_sums(self, sums: dict, choice: dict | None = None) -> "GatedMachine":
+        """Adopt accumulated (e.g. merged) sums: solve every grid sigma; the machine is then fitted."""
+        if sums["count"] < 2:
+            raise WavescoreError("a gated machine needs at least 2 images")
+        self._solve_all(sums, choice)
+        self.n_samples_ = sums["count"]
+        self.choice_ = choice
+        return self
 
     def _neighbourhoods(self) -> None:
         lay = self.transform_.layout
@@ -202,7 +226,8 @@ class GatedMachine:
                 "stein": z(S, G, D), "ff": z(S, G, G, D)}
 
     @staticmethod
-    def _merge(a: dict, b: dict) -> dict:
+    def merge_sums(a: dict, b: dict) -> dict:
+        """Moments are sums: two shards' sums add exactly."""
         return {k: a[k] + b[k] for k in a}
 
     def _update(self, sums: dict, w: torch.Tensor) -> None:
@@ -272,10 +297,8 @@ class GatedMachine:
             if not held_x or sums["count"] < 2:
                 raise WavescoreError("select=True needs more images: the held-out split is empty")
             choice = self._choose(sums, torch.cat(held_x)[:SELECT_IMAGES], progress)
-            sums = self._merge(sums, held)
-        self._solve_all(sums, choice)
-        self.n_samples_ = sums["count"]
-        self.choice_ = choice
+            sums = self.merge_sums(sums, held)
+        self.set_sums(sums, choice)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
@@ -470,9 +493,7 @@ class GatedMachine:
         hint = "refit it with `wavescore fit --family gaussian+gates`"
         header, arr = read_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint)
         m = cls(**header["params"])
-        m.shape_ = tuple(header["shape"])
-        m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
-        m._neighbourhoods()
+        m._structure(header["shape"])
         D, S = m.transform_.layout.size, len(m.sigmas)
         names = ("centre", "mean", "lam", "V", "beta", "Z", "const")
         if any(k not in arr for k in names) or arr["Z"].shape != (S, D, D) or arr["beta"].shape != (S, D, m.G):
