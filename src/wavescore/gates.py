@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ._io import WavescoreError, read_archive, write_archive
-from .machine import _check_images, _physical_memory, iter_batches
+from .machine import _check_images, _physical_memory, iter_batches, score_images, tweedie_denoise
 from .neighbourhoods import build_groups
 from .solver import schur_solve
 from .transform import WaveletTransform
@@ -219,6 +219,15 @@ class GatedMachine:
         return out
 
     # ------------------------------------------------------------------ moments
+    def _others_energy(self, xsq: torch.Tensor) -> torch.Tensor:
+        """sum of x_m^2 over N(i) \\ {i}, (N, D) (padding columns point at a zero)."""
+        return torch.cat([xsq, xsq.new_zeros(xsq.shape[0], 1)], 1)[:, self._nbr].sum(-1) - xsq
+
+    def _log_openness(self, xsq, sn, ko, kn, s2: float) -> torch.Tensor:
+        """log prod_{m in N(i)} E_z exp(-kappa_m y_m^2 / 2): kappa ``ko`` on the own coefficient,
+        ``kn`` on the n_i - 1 others (method.md §9)."""
+        return _log_e0(xsq, ko, s2) + (self._n - 1) * (-0.5 * torch.log1p(s2 * kn)) - kn * sn / (2 * (1 + s2 * kn))
+
     def _empty_sums(self) -> dict:
         D, G, S = self.transform_.layout.size, self.G, len(self.sigmas)
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
@@ -237,7 +246,7 @@ class GatedMachine:
         x = w - self.centre_
         B, D = x.shape
         xsq = x * x
-        sn = torch.cat([xsq, xsq.new_zeros(B, 1)], 1)[:, self._nbr].sum(-1) - xsq  # sum over N(i) \ {i}
+        sn = self._others_energy(xsq)
         sums["count"] += B
         sums["x"] += x.sum(0)
         sums["xx"].addmm_(x.T, x)
@@ -246,8 +255,7 @@ class GatedMachine:
             kap = self._gate_kappas(s2)
             gates = []
             for a, (ko, kn) in enumerate(kap):
-                logp = _log_e0(xsq, ko, s2) + (self._n - 1) * (-0.5 * torch.log1p(s2 * kn)) - kn * sn / (2 * (1 + s2 * kn))
-                p = torch.exp(logp)
+                p = torch.exp(self._log_openness(xsq, sn, ko, kn, s2))
                 rho = 1.0 / (1.0 + s2 * ko)
                 e2 = p * (rho * rho * xsq + s2 * rho)  # E_z[y_i^2 * exps] with y centred
                 gates.append(p * rho * x)
@@ -255,10 +263,8 @@ class GatedMachine:
                 sums["stein"][k, a] += (p - ko * e2).sum(0)
                 for b in range(a, len(kap)):
                     ko2, kn2 = ko + kap[b][0], kn + kap[b][1]
-                    lp = _log_e0(xsq, ko2, s2) + (self._n - 1) * (-0.5 * torch.log1p(s2 * kn2)) \
-                        - kn2 * sn / (2 * (1 + s2 * kn2))
                     r2 = 1.0 / (1.0 + s2 * ko2)
-                    v = (torch.exp(lp) * (r2 * r2 * xsq + s2 * r2)).sum(0)
+                    v = (torch.exp(self._log_openness(xsq, sn, ko2, kn2, s2)) * (r2 * r2 * xsq + s2 * r2)).sum(0)
                     sums["ff"][k, a, b] += v
                     if b != a:
                         sums["ff"][k, b, a] += v
@@ -399,7 +405,7 @@ class GatedMachine:
         """The gates f_a(y)_i, (N, G, D)."""
         x = y - self.centre_
         xsq = x * x
-        sn = torch.cat([xsq, xsq.new_zeros(x.shape[0], 1)], 1)[:, self._nbr].sum(-1) - xsq
+        sn = self._others_energy(xsq)
         out = []
         for ko, kn in self._gate_kappas(sigma * sigma):
             out.append(x * torch.exp(-0.5 * (ko * xsq + kn * sn)))
@@ -441,41 +447,23 @@ class GatedMachine:
         sigma = float(sigma)
         if not sigma > 0 or not math.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
-        u = w - self.mean_
         inv = 1.0 / (self.lam_ + sigma**2 + self.ridge * self.lam_.mean())
-        out = -((u @ self.V_) * inv) @ self.V_.T
-        for k, weight in self._brackets(sigma):
-            out += (weight / sigma**2) * self._correction(w, k)
+        out = torch.empty_like(w)
+        for s0 in range(0, w.shape[0], 2000):  # the gates hold (rows, G, D) features
+            wc = w[s0 : s0 + 2000]
+            out[s0 : s0 + 2000] = -(((wc - self.mean_) @ self.V_) * inv) @ self.V_.T
+            for k, weight in self._brackets(sigma):
+                out[s0 : s0 + 2000] += (weight / sigma**2) * self._correction(wc, k)
         return out
 
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
         self._require_fitted()
-        _check_images(x)
-        if tuple(x.shape[1:]) != self.shape_:
-            raise WavescoreError(f"this machine was fitted on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
-        if not torch.isfinite(x).all():
-            raise WavescoreError("the input images contain NaN or inf")
-        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-        if sig.numel() not in (1, x.shape[0]):
-            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
-        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
-        out = torch.empty(x.shape, dtype=torch.float64)
-        xd = x.detach().cpu().to(torch.float64)
-        for value in torch.unique(sig):
-            sel = sig == value
-            for s0 in range(0, int(sel.sum()), 2000):
-                idx = torch.nonzero(sel).flatten()[s0 : s0 + 2000]
-                w = self.transform_.forward(xd[idx])
-                sw = self.wavelet_score(w.reshape(len(idx), -1), float(value))
-                out[idx] = self.transform_.inverse(sw.reshape(w.shape))
-        return out.to(x.device)
+        return score_images(self, x, sigma, "cpu")
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
-        s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten()
-        s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
-        return (x.detach().cpu().to(torch.float64) + s2 * self.score(x, sigma)).to(x.dtype).to(x.device)
+        return tweedie_denoise(self, x, sigma)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

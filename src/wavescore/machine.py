@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._io import WavescoreError, read_archive, write_archive
-from .features import Monomials, monomial_set, monomials
+from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
 from .solver import normal_equations, ridge_solve, schur_solve
@@ -71,6 +71,34 @@ def _check_images(x, what: str = "images") -> None:
         raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
+
+
+def score_images(model, x: torch.Tensor, sigma, device) -> torch.Tensor:
+    """The image-domain score of a fitted wavelet-domain model (``transform_``, ``shape_``,
+    ``wavelet_score``): checks the input, one ``wavelet_score`` on ``device`` per distinct
+    sigma; float64 on x's device. The orthonormal inverse maps the wavelet score back."""
+    _check_images(x)
+    if tuple(x.shape[1:]) != model.shape_:
+        raise WavescoreError(f"this machine was fitted on images of shape {model.shape_}, got {tuple(x.shape[1:])}")
+    sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
+    if sig.numel() not in (1, x.shape[0]):
+        raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
+    if not torch.isfinite(x).all():
+        raise WavescoreError("the input images contain NaN or inf")
+    out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
+    sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+    for value in torch.unique(sig):
+        sel = (sig == value).to(x.device)
+        w = model.transform_.forward(x[sel].to(device=device, dtype=torch.float64))
+        out[sel] = model.transform_.inverse(model.wavelet_score(w, float(value))).to(x.device)
+    return out
+
+
+def tweedie_denoise(model, x: torch.Tensor, sigma) -> torch.Tensor:
+    """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1), in x's dtype."""
+    s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten().to(x.device)
+    s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
+    return (x.to(torch.float64) + s2 * model.score(x, sigma).to(torch.float64)).to(x.dtype)
 
 
 def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -702,22 +730,8 @@ class ScoreMachine:
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
         self._require_fitted()
-        _check_images(x)
-        if tuple(x.shape[1:]) != self.shape_:
-            raise WavescoreError(f"this machine was fitted on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
-        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-        if sig.numel() not in (1, x.shape[0]):
-            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
-        if not torch.isfinite(x).all():
-            raise WavescoreError("the input images contain NaN or inf")
         self._place()  # computed on self.device, returned on x's device
-        out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
-        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
-        for value in torch.unique(sig):
-            sel = (sig == value).to(x.device)
-            w = self.transform_.forward(x[sel].to(device=self.device, dtype=torch.float64))
-            out[sel] = self.transform_.inverse(self.wavelet_score(w, float(value))).to(x.device)
-        return out.to(x.dtype)
+        return score_images(self, x, sigma, self.device).to(x.dtype)
 
     def to(self, device) -> "ScoreMachine":
         """Compute on ``device`` from now on ("cpu", "cuda", "cuda:1"); fitted moments move there.
@@ -748,9 +762,7 @@ class ScoreMachine:
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
-        s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten().to(x.device)
-        s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
-        return (x.to(torch.float64) + s2 * self.score(x, sigma).to(torch.float64)).to(x.dtype)
+        return tweedie_denoise(self, x, sigma)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
