@@ -78,7 +78,7 @@ def test_schur_equals_dense_solve(digits_machine):
     mean, lam, V = basis
     D, G = w.shape[1], m.G
     for k, s in enumerate(m.sigmas):
-        beta, Z, const = m._solve(sums, k, basis, 0.0)
+        beta, Z, const = m._solve(m._system(sums, k, basis), k, basis, 0.0)
         mo = m.noisy_moments(sums, k)
         C = (V * lam) @ V.T + s * s * torch.eye(D, dtype=torch.float64)
         checked = 0

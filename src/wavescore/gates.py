@@ -334,13 +334,12 @@ class GatedMachine:
         return {"K": K, "ef": sums["g"][k] / n, "ff": (sums["ff"][k] / n).permute(2, 0, 1),
                 "stein": (sums["stein"][k] / n).T, "open": sums["p"][k].T}
 
-    def _solve(self, sums: dict, k: int, basis, ridge: float):
-        """Joint optimum at grid sigma k (method.md §8-9): beta (D, G), Z = V^T K beta (D, D) with
-        a_i = -C^{-1} (e_i + V Z[:, i]), and the constant (D,) that centres the gates."""
-        s = self.sigmas[k]
+    def _system(self, sums: dict, k: int, basis) -> tuple:
+        """The ridge-free parts of grid sigma k's joint system (method.md §8-9): the gates' cross
+        moments in the eigenbasis KT (i, G, D), their covariance (D, G, G), Stein vector (D, G)
+        and means (G, D)."""
         mean, lam, V = basis
         D, G = mean.shape[0], self.G
-        inv = 1.0 / (lam + s * s + ridge * lam.mean())
         mo = self.noisy_moments(sums, k)
         ef = mo["ef"]
         K = mo["K"] - mean[:, None, None] * ef[None]  # centred: Cov(y_j, f_a(y)_i)
@@ -358,6 +357,15 @@ class GatedMachine:
             b[dead] = 0.0
             cf[dead.unsqueeze(-1) | dead.unsqueeze(-2)] = 0.0
             cf.diagonal(dim1=1, dim2=2)[dead] = 1.0
+        return KT, cf, b, ef
+
+    def _solve(self, system: tuple, k: int, basis, ridge: float):
+        """Joint optimum at grid sigma k: beta (D, G), Z = V^T K beta (D, D) with
+        a_i = -C^{-1} (e_i + V Z[:, i]), and the constant (D,) that centres the gates."""
+        s = self.sigmas[k]
+        _, lam, V = basis
+        KT, cf, b, ef = system
+        inv = 1.0 / (lam + s * s + ridge * lam.mean())
         beta, zb = schur_solve(KT, cf, b, V, inv, ridge)
         const = -(beta * ef.T).sum(1)
         return beta, zb.T.contiguous(), const
@@ -373,7 +381,8 @@ class GatedMachine:
         for k in range(S):
             pick = ("gated", self.ridge) if choice is None else tuple(choice["candidates"][choice["best"][k]])
             if pick[0] == "gated":
-                self.beta_[k], self.Z_[k], self.const_[k] = self._solve(sums, k, basis, float(pick[1]))
+                self.beta_[k], self.Z_[k], self.const_[k] = self._solve(self._system(sums, k, basis), k, basis,
+                                                                        float(pick[1]))
 
     def _choose(self, sums: dict, w0: torch.Tensor, progress: bool) -> dict:
         """Held-out denoising MSE per grid sigma: the Gaussian score against the gated machine
@@ -389,11 +398,12 @@ class GatedMachine:
             y = w0 + s * torch.randn(w0.shape, generator=gen, dtype=torch.float64)
             u = y - self.centre_ - mean
             feats = self._features(y, s)
+            system = self._system(sums, k, basis)  # shared by every ridge
             for j, (kind, r) in enumerate(cands):
                 inv = 1.0 / (lam + s * s + r * lam.mean())
                 score = -((u @ V) * inv) @ V.T
                 if kind == "gated":
-                    beta, Z, const = self._solve(sums, k, basis, r)
+                    beta, Z, const = self._solve(system, k, basis, r)
                     score += -((u @ V) * inv) @ Z + (feats * beta.T).sum(1) + const
                 mse[k, j] = float(((y + s * s * score - w0) ** 2).mean())
         best = mse.argmin(1)
