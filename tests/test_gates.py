@@ -203,3 +203,22 @@ def test_colour_images_and_batches_iterable():
     d = a.denoise(y, 0.1)
     assert d.shape == y.shape and torch.isfinite(d).all()
     assert float(((d - rgb[:50]) ** 2).mean()) < 0.5 * float(((y - rgb[:50]) ** 2).mean())
+
+
+def test_grid_points_reproduce_the_scored_candidate():
+    """At a grid sigma the deployed score is the candidate the held-out choice scored, with
+    the ridge it chose (here forced to 1e-3, away from the default 1e-6)."""
+    x = load_dataset("digits", "train")
+    m = GatedMachine(sigmas=(0.05, 0.5), select=False).fit(x, progress=False)
+    m.choice_ = {"candidates": [["gaussian", 1e-6], ["gated", 1e-3]], "best": [1, 1]}
+    w = m.transform_.forward(x[:20].double() + 0.05 * torch.randn(20, 1, 8, 8, dtype=torch.float64))
+    sums = m._empty_sums()
+    m._update(sums, m.transform_.forward(x.double()))
+    basis = (m.mean_ - m.centre_, m.lam_, m.V_)  # the fitted eigenbasis (Z is expressed in it)
+    beta, Z, const = m._solve(m._system(sums, 0, basis), 0, basis, 1e-3)
+    m.beta_[0], m.Z_[0], m.const_[0] = beta, Z, const
+    _, lam, V = basis
+    inv = 1.0 / (lam + 0.05**2 + 1e-3 * lam.mean())
+    uv = (w - m.mean_) @ V
+    expected = -(uv * inv) @ (V.T + Z) + (m._features(w, 0.05) * beta.T).sum(1) + const
+    torch.testing.assert_close(m.wavelet_score(w, 0.05), expected, rtol=1e-9, atol=1e-9)

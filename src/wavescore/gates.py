@@ -439,12 +439,24 @@ class GatedMachine:
         t = (math.log(sigma) - math.log(s[k - 1])) / (math.log(s[k]) - math.log(s[k - 1]))
         return [(k - 1, 1.0 - t), (k, t)]
 
+    def _grid_ridge(self, k: int) -> float:
+        """The ridge grid sigma k was solved with (the held-out choice's, else ``ridge``)."""
+        ch = self.choice_
+        if ch is None:
+            return float(self.ridge)
+        kind, ridge = ch["candidates"][ch["best"][k]]
+        return float(ridge) if kind == "gated" else float(self.ridge)
+
     def _correction(self, w: torch.Tensor, k: int) -> torch.Tensor:
-        """What the gated machine at grid sigma k adds to the Gaussian denoiser, s_k^2 (s_gated - s_gauss)."""
+        """What the gated machine at grid sigma k adds to the Gaussian denoiser, s_k^2 (s_gated - s_gauss):
+        at sigma_k the sum is exactly the machine the held-out choice scored, its ridge included."""
         s = self.sigmas[k]
-        u = w - self.mean_
-        inv = 1.0 / (self.lam_ + s * s + self.ridge * self.lam_.mean())
-        corr = -((u @ self.V_) * inv) @ self.Z_[k] + (self._features(w, s) * self.beta_[k].T).sum(1) + self.const_[k]
+        uv = (w - self.mean_) @ self.V_
+        mean_lam = self.lam_.mean()
+        inv = 1.0 / (self.lam_ + s * s + self._grid_ridge(k) * mean_lam)
+        corr = -(uv * inv) @ self.Z_[k] + (self._features(w, s) * self.beta_[k].T).sum(1) + self.const_[k]
+        if self._grid_ridge(k) != self.ridge:  # the linear part was solved with another ridge
+            corr += (uv * (1.0 / (self.lam_ + s * s + self.ridge * mean_lam) - inv)) @ self.V_.T
         return s * s * corr
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
