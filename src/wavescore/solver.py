@@ -40,21 +40,30 @@ def normal_equations(clean: torch.Tensor, feats: Monomials, plan: NoisePlan | No
     return G, b
 
 
-def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
-    """theta = -(G + lambda diag(G))^{-1} b, batched (method.md §4 with a scale-free ridge).
+def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float, clean_diag: torch.Tensor | None = None) -> torch.Tensor:
+    """theta = -(G + lambda diag(R))^{-1} b, batched (method.md §4 with a scale-free ridge).
 
-    The ridge is relative to each feature's own noisy second moment: monomials of
-    standardised coefficients span many orders of magnitude at large sigma (E[u^6] ~ 15 t^6),
-    so one lambda for the whole diagonal would crush the low-order terms. In the Jacobi-scaled
-    system every diagonal entry is 1. Cholesky first; systems it rejects (singular Grams,
-    e.g. MNIST's constant border coefficients at tiny sigma with ridge 0) fall back to a
-    symmetric pseudo-inverse, so the result never holds NaN.
+    The ridge is relative to each feature's own second moment: monomials of standardised
+    coefficients span many orders of magnitude at large sigma (E[u^6] ~ 15 t^6), so one
+    lambda for the whole diagonal would crush the low-order terms. R is the noisy diagonal
+    diag(G), or, given ``clean_diag`` (rows, F), the noise-free one E[phi(w)^2] (never more
+    than the noisy one). The clean reference matters at large sigma: a ridge relative to the
+    noisy moments biases the shrinkage by lambda relative, an error of lambda * sigma per pixel
+    (MSE 1e4 at sigma 1e8 with lambda 1e-6), while the clean one vanishes against the noise.
+    In the Jacobi-scaled system every diagonal entry is 1. Cholesky first; systems it rejects
+    (singular Grams, e.g. MNIST's constant border coefficients at tiny sigma with ridge 0)
+    fall back to a symmetric pseudo-inverse, so the result never holds NaN.
     """
     vec = b.dim() == 2
     rhs = b.unsqueeze(-1) if vec else b
-    d = G.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(G.dtype).tiny).sqrt()
+    g = G.diagonal(dim1=-2, dim2=-1)
+    d = g.clamp_min(torch.finfo(G.dtype).tiny).sqrt()
     A = G / (d[..., :, None] * d[..., None, :])
-    A = A + ridge * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    if clean_diag is None:
+        A = A + ridge * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    else:
+        rel = (clean_diag.to(G.dtype) / g.clamp_min(torch.finfo(G.dtype).tiny)).clamp(0.0, 1.0)
+        A = A + torch.diag_embed(ridge * rel)
     rhs = rhs / d[..., :, None]
     L, info = torch.linalg.cholesky_ex(A)
     x = torch.cholesky_solve(rhs, L)
