@@ -8,7 +8,15 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install --quiet torch==2.13.0
 fi
+torch_before=$("$PY" -c "import torch; print(torch.__version__)")
+# The test extra includes diffusers + safetensors (diffusers:DIR references, .safetensors
+# networks); neither requires torch, so this keeps the torch installed above.
 "$PY" -m pip install --quiet -e ".[test]"
+torch_after=$("$PY" -c "import torch; print(torch.__version__)")
+if [ "$torch_before" != "$torch_after" ]; then
+    echo "error: installing wavescore replaced torch $torch_before by $torch_after; reinstall torch==$torch_before" >&2
+    exit 1
+fi
 # Debian packages the tests use: Fashion-MNIST, and Chromium to open the HTML report.
 need=""
 [ -d /usr/share/datasets/fashion-mnist ] || need="$need dataset-fashion-mnist"

@@ -139,3 +139,219 @@ def test_truncated_checkpoint(digits, tmp_path):
         load_network(path)
     with pytest.raises(WavescoreError, match="corrupt"):
         train("cnn", digits, epochs=2, out=path, progress=False, arch_kwargs=TINY_CNN)
+
+
+# ------------------------------------------------------------------ hardening: checkpoints
+@pytest.fixture(scope="module")
+def tiny_ckpt(digits, tmp_path_factory):
+    """A 1-epoch tiny CNN checkpoint (path) and the loaded checkpoint dict."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    train("cnn", digits[:32], epochs=1, batch_size=32, out=path, progress=False, arch_kwargs=TINY_CNN)
+    return path, torch.load(path, weights_only=True)
+
+
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda c: _without(c, "epoch"), "'epoch' is None"),
+    (lambda c: {**c, "epoch": "3"}, "'epoch' is '3'"),
+    (lambda c: {**c, "epoch": -1}, "'epoch' is -1"),
+    (lambda c: _without(c, "config"), "'config' is NoneType"),
+    (lambda c: {**c, "config": [1, 2]}, "'config' is list"),
+    (lambda c: {**c, "config": _without(c["config"], "arch")}, "unknown architecture None"),
+    (lambda c: {**c, "config": {**c["config"], "shape": [1, 8]}}, "'shape'"),
+    (lambda c: {**c, "config": {**c["config"], "sigma_data": "0.5"}}, "'sigma_data'"),
+    (lambda c: {**c, "config": {**c["config"], "arch_kwargs": {"width": -3}}}, "cannot build a network"),
+    (lambda c: _without(c, "model"), "no weights"),
+    (lambda c: {**c, "model": [1, 2]}, "no weights"),
+    (lambda c: {**c, "model": _without(c["model"], "net.convs.0.weight")}, "do not match"),
+    (lambda c: {**c, "history": "lots"}, "'history'"),
+])
+def test_damaged_checkpoint_is_one_line_error(tiny_ckpt, tmp_path, damage, match):
+    """Missing or mistyped keys: a one-line WavescoreError, never a KeyError/TypeError traceback."""
+    _, ckpt = tiny_ckpt
+    path = tmp_path / "damaged.pt"
+    torch.save(damage(dict(ckpt)), path)
+    with pytest.raises(WavescoreError, match=match) as info:
+        load_network(path)
+    assert "\n" not in str(info.value)
+
+
+def test_resume_from_damaged_state_is_one_line_error(digits, tiny_ckpt, tmp_path):
+    _, ckpt = tiny_ckpt
+    path = tmp_path / "tiny.pt"
+    for damaged in (_without(ckpt, "optimizer"), {**ckpt, "rng": torch.zeros(3)}):
+        torch.save(damaged, path)
+        with pytest.raises(WavescoreError, match="cannot resume") as info:
+            train("cnn", digits[:32], epochs=2, batch_size=32, out=path, progress=False, arch_kwargs=TINY_CNN)
+        assert "\n" not in str(info.value)
+
+
+def test_gpu_checkpoint_loads_on_cpu(tiny_ckpt, tmp_path, monkeypatch):
+    """A checkpoint whose tensors were saved on cuda:0 loads (onto the CPU) on a CPU-only machine,
+    and load_network builds a CPU model even under another default device."""
+    path, ckpt = tiny_ckpt
+    gpu = tmp_path / "gpu.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(ckpt, gpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(gpu, weights_only=True)  # the file really claims the GPU
+    x = torch.randn(2, 1, 8, 8)
+    model = load_network(gpu)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert torch.equal(model.denoise(x, 0.5), load_network(path).denoise(x, 0.5))
+    with torch.device("meta"):
+        model = load_network(path)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert torch.equal(model.denoise(x, 0.5), load_network(path).denoise(x, 0.5))
+
+
+# ------------------------------------------------------------------ hardening: train() arguments
+@pytest.mark.parametrize("arch,kwargs,match", [
+    ("cnn", {"batch_size": -4}, "batch_size"), ("cnn", {"batch_size": 0}, "batch_size"),
+    ("cnn", {"batch_size": 2.5}, "batch_size"), ("cnn", {"batch_size": True}, "batch_size"),
+    ("cnn", {"lr": 0}, "lr"), ("cnn", {"lr": -1e-3}, "lr"), ("cnn", {"lr": math.nan}, "lr"),
+    ("cnn", {"lr": math.inf}, "lr"), ("cnn", {"epochs": 0}, "epochs"), ("cnn", {"epochs": 1.5}, "epochs"),
+    ("cnn", {"max_minutes": 0}, "max_minutes"), ("cnn", {"max_minutes": math.nan}, "max_minutes"),
+    ("cnn", {"seed": 1.5}, "seed"), ("cnn", {"seed": "0"}, "seed"), ("cnn", {"sigma_data": 0}, "sigma_data"),
+    ("cnn", {"p_std": -1}, "p_std"),
+    ("cnn", {"arch_kwargs": {"width": -3}}, "width"), ("cnn", {"arch_kwargs": {"width": 0}}, "width"),
+    ("cnn", {"arch_kwargs": {"depth": 0}}, "depth"), ("cnn", {"arch_kwargs": {"widht": 8}}, "unknown cnn option"),
+    ("cnn", {"arch_kwargs": {"channels": 3}}, "unknown cnn option"),
+    ("unet", {"arch_kwargs": {"base": 0}}, "base"), ("unet", {"arch_kwargs": {"base": -8}}, "base"),
+    ("unet", {"arch_kwargs": {"mults": (1, -2)}}, "mults"), ("unet", {"arch_kwargs": {"mults": ()}}, "mults"),
+    ("unet", {"arch_kwargs": {"base": 8, "mults": (1, 2, 2, 2, 2)}}, "divisible"),
+])
+def test_train_refuses_bad_arguments_before_touching_out(digits, tmp_path, arch, kwargs, match):
+    out = tmp_path / "sub" / "net.pt"
+    args = {"epochs": 1, "batch_size": 32, "progress": False, **kwargs}
+    with pytest.raises(WavescoreError, match=match) as info:
+        train(arch, digits[:32], out=out, **args)
+    assert "\n" not in str(info.value)
+    assert not out.parent.exists()
+
+
+def test_train_refuses_non_finite_data(digits, tmp_path):
+    data = digits[:32].clone()
+    data[3, 0, 2, 2] = math.nan
+    with pytest.raises(WavescoreError, match="NaN"):
+        train("cnn", data, epochs=1, out=tmp_path / "x.pt", progress=False, arch_kwargs=TINY_CNN)
+    assert not (tmp_path / "x.pt").exists()
+
+
+# ------------------------------------------------------------------ hardening: divergence
+def test_divergence_stops_without_saving(digits, tmp_path):
+    out = tmp_path / "blowup.pt"
+    with pytest.raises(WavescoreError, match=r"training diverged at epoch 1 step \d+ \(loss (nan|inf)\): lower --lr"):
+        train("cnn", digits[:64], epochs=3, batch_size=8, lr=1e10, out=out, progress=False, arch_kwargs=TINY_CNN)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("poison_at,match", [(2, r"epoch 2 step 3 \(loss nan\)"),
+                                             (3, r"epoch 2 step 3 \(the weights became non-finite\)")])
+def test_divergence_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch, poison_at, match):
+    """Epoch 1 is fine; in epoch 2 an optimizer step turns the weights NaN: mid-epoch (the next
+    loss is NaN) or at the epoch's last step (the loss never is). Either way training stops and
+    the epoch-1 checkpoint stays as it was."""
+    common = dict(batch_size=32, progress=False, arch_kwargs=TINY_CNN)  # 96 images: 3 steps per epoch
+    out = tmp_path / "net.pt"
+    train("cnn", digits, epochs=1, out=out, **common)
+    before, log_before = out.read_bytes(), (tmp_path / "net.log.json").read_text()
+    calls = []
+
+    class PoisonAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            result = super().step(closure)
+            calls.append(1)
+            if len(calls) == poison_at:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].fill_(math.nan)
+            return result
+
+    monkeypatch.setattr(torch.optim, "Adam", PoisonAdam)
+    with pytest.raises(WavescoreError, match=match) as info:
+        train("cnn", digits, epochs=3, out=out, **common)
+    assert f"{out} keeps the last good epoch (1)" in str(info.value)
+    assert out.read_bytes() == before and (tmp_path / "net.log.json").read_text() == log_before
+    kept = load_network(out)
+    assert kept.epoch_ == 1 and all(torch.isfinite(p).all() for p in kept.parameters())
+
+
+# ------------------------------------------------------------------ safetensors export
+def test_safetensors_round_trip(digits, tiny_ckpt, tmp_path):
+    pytest.importorskip("safetensors")
+    from wavescore.models import load_model
+    from wavescore.networks import save_safetensors
+
+    path, _ = tiny_ckpt
+    model = load_network(path)
+    st = save_safetensors(model, tmp_path / "net.safetensors")
+    meta = json.loads((tmp_path / "net.json").read_text())
+    assert meta["format"] == "wavescore-network" and meta["epoch"] == 1 and meta["config"] == model.config_
+    assert meta["history"] == model.history_ and meta["weights"] == "net.safetensors"
+    back = load_network(st)
+    x = digits[:8]
+    for s in (0.05, 0.5, 5.0):
+        assert torch.equal(back.denoise(x, s), model.denoise(x, s))  # bit for bit
+    assert back.epoch_ == 1 and back.history_ == model.history_ and back.shape_ == model.shape_ and not back.training
+    name, via_spec = load_model(str(st))
+    assert name == "net" and via_spec.kind_ == "network"
+    assert torch.equal(via_spec.denoise(x, 0.5), model.denoise(x, 0.5))
+    # straight from a .pt checkpoint, and from a freshly trained model
+    save_safetensors(path, tmp_path / "conv.safetensors")
+    assert torch.equal(load_network(tmp_path / "conv.safetensors").denoise(x, 0.5), model.denoise(x, 0.5))
+    fresh = train("unet", digits[:32], epochs=1, batch_size=32, out=tmp_path / "u.pt", progress=False,
+                  arch_kwargs=TINY_UNET)
+    save_safetensors(fresh, tmp_path / "u.safetensors")
+    assert torch.equal(load_network(tmp_path / "u.safetensors").denoise(x, 0.5), fresh.denoise(x, 0.5))
+
+
+def test_safetensors_errors(tiny_ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    import sys
+
+    from wavescore.networks import save_safetensors
+
+    path, _ = tiny_ckpt
+    model = load_network(path)
+    with pytest.raises(WavescoreError, match=r"\.safetensors"):
+        save_safetensors(model, tmp_path / "net.pt")
+    with pytest.raises(WavescoreError, match="configuration"):
+        save_safetensors(EDMDenoiser(SmallCNN(width=4, depth=2)), tmp_path / "bare.safetensors")
+    with pytest.raises(WavescoreError, match="no such network file"):
+        load_network(tmp_path / "missing.safetensors")
+
+    st = save_safetensors(model, tmp_path / "net.safetensors")
+    side = tmp_path / "net.json"
+    good = side.read_text()
+    side.unlink()
+    with pytest.raises(WavescoreError, match="net.json is missing beside it"):
+        load_network(st)
+    side.write_text("{truncated")
+    with pytest.raises(WavescoreError, match="unreadable network configuration"):
+        load_network(st)
+    side.write_text(json.dumps({**json.loads(good), "format": "other"}))
+    with pytest.raises(WavescoreError, match="not a wavescore network configuration"):
+        load_network(st)
+    # weights of another network under this JSON: the checksum, and without it the shapes, refuse them
+    other = train("cnn", torch.rand(8, 1, 8, 8), epochs=1, out=tmp_path / "o.pt", progress=False,
+                  arch_kwargs={"width": 6, "depth": 3})
+    save_safetensors(other, tmp_path / "o.safetensors")
+    (tmp_path / "o.safetensors").replace(st)
+    side.write_text(good)
+    with pytest.raises(WavescoreError, match="not the ones"):
+        load_network(st)
+    side.write_text(json.dumps(_without(json.loads(good), "sha256")))
+    with pytest.raises(WavescoreError, match="do not match") as info:
+        load_network(st)
+    assert "\n" not in str(info.value)
+    st.write_bytes(st.read_bytes()[:100])
+    with pytest.raises(WavescoreError, match="not a readable .safetensors"):
+        load_network(st)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(WavescoreError, match="pip install"):
+        save_safetensors(model, tmp_path / "again.safetensors")

@@ -10,11 +10,20 @@ Karras et al. 2022 ("Elucidating the design space...", Table 1):
 :func:`train` checkpoints atomically after every epoch (model, optimizer, epoch, the training
 RNG state, config, loss history) and resumes from an existing checkpoint; all training
 randomness (init, shuffling, sigma, noise) comes from seeded generators so a resumed run
-reproduces an uninterrupted one exactly (on the same machine and thread count).
+reproduces an uninterrupted one exactly (on the same machine and thread count). Every argument
+is checked before any work; a non-finite loss or weight stops training with a WavescoreError
+and is never saved (the last good checkpoint stays).
+
+Checkpoints are ``.pt`` files (pickle-free: read with ``weights_only=True``, always onto the
+CPU). :func:`save_safetensors` exports a trained network as weights-only ``.safetensors`` with
+its configuration in a JSON file beside it; :func:`load_network` reads both kinds.
 """
 from __future__ import annotations
 
+import inspect
+import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,12 +32,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import WavescoreError, atomic_path, write_json
+from ._io import WavescoreError, atomic_path, sha256_file, write_json
 
-__all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "ARCHITECTURES"]
+__all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "save_safetensors", "ARCHITECTURES"]
 
 FORMAT = "wavescore-network"
 FORMAT_VERSION = 1
+
+
+def _whole(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int if it is a whole number in [minimum, maximum] (not a bool), else a WavescoreError."""
+    try:
+        ok = (not isinstance(value, (bool, str)) and int(value) == value and value >= minimum
+              and (maximum is None or value <= maximum))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise WavescoreError(f"{name} must be a whole number {bound}, got {value!r}")
+    return int(value)
+
+
+def _finite(value, name: str, positive: bool = True, nonnegative: bool = False) -> float:
+    """``value`` as a float if it is finite (and > 0 / >= 0 as asked), else a WavescoreError."""
+    try:
+        v = float(value) if not isinstance(value, (bool, str)) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        v = math.nan
+    if not math.isfinite(v) or (positive and v <= 0) or (nonnegative and v < 0):
+        need = " > 0" if positive else " >= 0" if nonnegative else ""
+        raise WavescoreError(f"{name} must be a finite number{need}, got {value!r}")
+    return v
 
 
 def _noise_features(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
@@ -64,6 +98,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, channels: int = 1, width: int = 64, depth: int = 8, kernel: int = 3, padding: str = "zeros"):
         super().__init__()
+        channels = _whole(channels, "SmallCNN channels")
+        width = _whole(width, "SmallCNN width")
+        depth, kernel = _whole(depth, "SmallCNN depth"), _whole(kernel, "SmallCNN kernel")
         if depth < 2 or kernel < 1 or kernel % 2 == 0:
             raise WavescoreError(f"SmallCNN needs depth >= 2 and an odd kernel, got depth={depth}, kernel={kernel}")
         if padding not in ("zeros", "circular"):
@@ -114,6 +151,10 @@ class SmallUNet(nn.Module):
 
     def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2, 2)):
         super().__init__()
+        channels, base = _whole(channels, "SmallUNet channels"), _whole(base, "SmallUNet base")
+        if isinstance(mults, (str, bytes)) or not hasattr(mults, "__len__") or len(mults) == 0:
+            raise WavescoreError(f"SmallUNet mults must be a non-empty list of whole numbers >= 1, got {mults!r}")
+        mults = tuple(_whole(m, "each of SmallUNet mults") for m in mults)
         self.channels, self.mults = channels, tuple(mults)
         widths = [base * m for m in mults]
         emb_dim = 2 * base
@@ -215,6 +256,34 @@ def _log_path(out: Path) -> Path:
     return out.with_name(out.stem + ".log.json")
 
 
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters, for one-line errors."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_config(config, where: str, hint: str) -> dict:
+    """The stored configuration if it can build a network, else a one-line WavescoreError."""
+    def bad(what):
+        return WavescoreError(f"{where}: damaged network configuration ({what}); {hint}")
+    if not isinstance(config, dict):
+        raise bad(f"'config' is {type(config).__name__}, not a dictionary")
+    arch = config.get("arch")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise bad(f"unknown architecture {arch!r}, expected one of {', '.join(ARCHITECTURES)}")
+    shape = config.get("shape")
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise bad(f"'shape' is {shape!r}, expected [C, H, W] of positive whole numbers")
+    sd = config.get("sigma_data")
+    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not math.isfinite(sd) or sd <= 0:
+        raise bad(f"'sigma_data' is {sd!r}, expected a finite number > 0")
+    if not isinstance(config.get("arch_kwargs") or {}, dict):
+        raise bad(f"'arch_kwargs' is {config.get('arch_kwargs')!r}, expected a dictionary")
+    return config
+
+
 def _build(config: dict) -> EDMDenoiser:
     name = config["arch"]
     if name not in ARCHITECTURES:
@@ -223,16 +292,26 @@ def _build(config: dict) -> EDMDenoiser:
     if "mults" in kwargs:
         kwargs["mults"] = tuple(kwargs["mults"])
     net = ARCHITECTURES[name](channels=config["shape"][0], **kwargs)
-    return EDMDenoiser(net, sigma_data=config["sigma_data"], shape=config["shape"])
+    model = EDMDenoiser(net, sigma_data=config["sigma_data"], shape=config["shape"])
+    model.config_ = config
+    return model
+
+
+_RETRAIN = "delete it and train again"
 
 
 def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict at ``path``, its keys checked; every failure is a one-line WavescoreError.
+
+    Tensors are always read onto the CPU (``map_location="cpu"``), so a checkpoint written on a
+    GPU machine loads on a CPU-only one.
+    """
     if not path.exists():
         raise WavescoreError(f"{path}: no such network checkpoint; train one with wavescore.networks.train")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on a truncated or foreign file
-        raise WavescoreError(f"{path}: not a readable network checkpoint ({type(exc).__name__}: {exc}); "
+        raise WavescoreError(f"{path}: not a readable network checkpoint ({_one_line(exc)}); "
                              "it may be truncated or corrupt: delete it and train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WavescoreError(f"{path}: not a wavescore network checkpoint (no '{FORMAT}' header); "
@@ -240,22 +319,144 @@ def _read_checkpoint(path: Path) -> dict:
     if ckpt.get("version") != FORMAT_VERSION:
         raise WavescoreError(f"{path}: checkpoint format version {ckpt.get('version')!r}, this wavescore "
                              f"reads version {FORMAT_VERSION}; retrain with this version")
+    _check_config(ckpt.get("config"), str(path), _RETRAIN)
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise WavescoreError(f"{path}: damaged network checkpoint (no weights: 'model' is missing or not a "
+                             f"dictionary of tensors); {_RETRAIN}")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise WavescoreError(f"{path}: damaged network checkpoint ('epoch' is {epoch!r}, expected a whole "
+                             f"number >= 0); {_RETRAIN}")
+    history = ckpt.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise WavescoreError(f"{path}: damaged network checkpoint ('history' is not a list of epochs); {_RETRAIN}")
     return ckpt
 
 
-def load_network(path) -> EDMDenoiser:
-    """The trained EDMDenoiser stored at ``path`` (by :func:`train`), in eval mode."""
-    path = Path(path)
-    ckpt = _read_checkpoint(path)
+def _restore(path: Path, config: dict, weights: dict, hint: str) -> EDMDenoiser:
+    """Build the network of ``config`` on the CPU and load ``weights`` into it (strictly)."""
     try:
-        model = _build(ckpt["config"])
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise WavescoreError(f"{path}: the checkpoint's weights do not match its configuration ({exc}); "
-                             "it is damaged: train again") from None
+        with torch.device("cpu"):
+            model = _build(config)
+        model.load_state_dict(weights)
+    except WavescoreError as exc:
+        raise WavescoreError(f"{path}: the stored configuration cannot build a network ({exc}); {hint}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WavescoreError(f"{path}: the stored weights do not match the stored configuration "
+                             f"({_one_line(exc)}); {hint}") from None
+    return model.cpu()
+
+
+def _safetensors():
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise WavescoreError("reading or writing .safetensors needs the safetensors package: "
+                             "pip install 'wavescore[diffusers]' (or pip install safetensors)") from None
+    return st
+
+
+def _sidecar(path: Path) -> Path:
+    """The JSON that holds a ``.safetensors`` network's configuration: ``path.with_suffix(".json")``."""
+    return path.with_suffix(".json")
+
+
+def save_safetensors(model, path) -> Path:
+    """Export a trained network as weights-only ``path`` (.safetensors) plus its configuration in
+    ``path.with_suffix(".json")``: ``{"format", "version", "weights", "sha256", "config", "epoch",
+    "history"}``. ``model`` is an EDMDenoiser returned by :func:`train` or :func:`load_network`, or
+    the path of a checkpoint (.pt) to convert. Both files are written atomically; the JSON records
+    the weights' SHA-256, so a weights file that does not belong to its JSON is refused on loading.
+    :func:`load_network` reads the pair back (the denoiser is bitwise the same). Returns ``path``.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WavescoreError(f"{path}: give a file name ending in .safetensors")
+    if isinstance(model, (str, os.PathLike)):
+        model = load_network(model)
+    config = getattr(model, "config_", None)
+    if not isinstance(model, EDMDenoiser) or not isinstance(config, dict):
+        raise WavescoreError("save_safetensors needs a network returned by wavescore.networks.train or "
+                             "load_network (it carries the configuration to store), or a checkpoint path")
+    st = _safetensors()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        st.save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        digest = sha256_file(tmp)
+    write_json(_sidecar(path), {"format": FORMAT, "version": FORMAT_VERSION, "weights": path.name,
+                                "sha256": digest, "config": config, "epoch": int(getattr(model, "epoch_", 0)),
+                                "history": list(getattr(model, "history_", []))})
+    return path
+
+
+def _load_safetensors(path: Path) -> EDMDenoiser:
+    hint = "export it again with wavescore.networks.save_safetensors"
+    if not path.exists():
+        raise WavescoreError(f"{path}: no such network file; export one with wavescore.networks.save_safetensors")
+    side = _sidecar(path)
+    if not side.exists():
+        raise WavescoreError(f"{path}: its configuration {side.name} is missing beside it (a .safetensors holds "
+                             f"weights only); copy the JSON along or {hint}")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WavescoreError(f"{side}: unreadable network configuration ({_one_line(exc)}); {hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise WavescoreError(f"{side}: not a wavescore network configuration (no '{FORMAT}' format); {hint}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise WavescoreError(f"{side}: network format version {meta.get('version')!r}, this wavescore reads "
+                             f"version {FORMAT_VERSION}; {hint}")
+    config = _check_config(meta.get("config"), str(side), hint)
+    epoch, history = meta.get("epoch", 0), meta.get("history", [])
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or not isinstance(history, list):
+        raise WavescoreError(f"{side}: damaged network configuration ('epoch' or 'history'); {hint}")
+    if "sha256" in meta and meta["sha256"] != sha256_file(path):
+        raise WavescoreError(f"{path}: these weights are not the ones {side.name} was written with (SHA-256 "
+                             f"differs); the pair is mixed up or one file is damaged: {hint}")
+    st = _safetensors()
+    try:
+        weights = st.load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error type on a truncated or foreign file
+        raise WavescoreError(f"{path}: not a readable .safetensors file ({_one_line(exc)}); {hint}") from None
+    model = _restore(path, config, weights, hint)
+    model.epoch_, model.history_ = epoch, history
+    return model.eval()
+
+
+def load_network(path) -> EDMDenoiser:
+    """The trained EDMDenoiser stored at ``path``, on the CPU, in eval mode, with ``epoch_``,
+    ``history_`` and ``config_``: a checkpoint (.pt) written by :func:`train` (a GPU-written one
+    loads on a CPU-only machine), or weights (.safetensors) with the JSON beside them written by
+    :func:`save_safetensors`. Every failure is a one-line WavescoreError."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    ckpt = _read_checkpoint(path)
+    model = _restore(path, ckpt["config"], ckpt["model"], _RETRAIN)
     model.epoch_ = ckpt["epoch"]
     model.history_ = ckpt.get("history", [])
     return model.eval()
+
+
+def _check_arch_kwargs(arch: str, arch_kwargs) -> dict:
+    if arch_kwargs is None:
+        return {}
+    if not isinstance(arch_kwargs, dict):
+        raise WavescoreError(f"arch_kwargs must be a dictionary of {arch} options, got {type(arch_kwargs).__name__}")
+    allowed = [k for k in inspect.signature(ARCHITECTURES[arch]).parameters if k != "channels"]
+    for key in arch_kwargs:
+        if key not in allowed:
+            raise WavescoreError(f"unknown {arch} option {key!r} in arch_kwargs: choose from {', '.join(allowed)} "
+                                 "(the channels come from the data)")
+    return dict(arch_kwargs)
+
+
+def _diverged(out: Path, epoch: int, step: int, what: str, lr: float, kept: int) -> WavescoreError:
+    keep = (f"{out} keeps the last good epoch ({kept})" if kept else f"nothing was saved to {out}")
+    return WavescoreError(f"training diverged at epoch {epoch} step {step} ({what}): lower --lr (now {lr:g}) "
+                          f"and train again; {keep}")
 
 
 def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
@@ -268,29 +469,60 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
     (``<stem>.log.json``). If ``out`` exists (same configuration), training resumes after its
     last completed epoch; a kill mid-epoch loses only that epoch. ``max_minutes`` stops after
     the epoch during which the budget ran out (call again to continue). Returns the model
-    (eval mode) with ``epoch_`` and ``history_`` attributes.
+    (eval mode) with ``epoch_``, ``history_`` and ``config_`` attributes.
+
+    Every argument is checked before any work and before ``out`` is read or written. A
+    non-finite loss (or weights that turn non-finite) stops training with a WavescoreError
+    ("training diverged at epoch E step S ..."); nothing of that epoch is saved, so ``out``
+    keeps the last good epoch.
     """
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if not isinstance(data, torch.Tensor) or data.dim() != 4 or not data.is_floating_point() or len(data) == 0:
         raise WavescoreError(f"data must be a non-empty float tensor (N, C, H, W), got "
                              f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
-    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-        raise WavescoreError(f"epochs must be a positive whole number, got {epochs!r}")
-    if arch not in ARCHITECTURES:
+    epochs = _whole(epochs, "epochs")
+    batch_size = _whole(batch_size, "batch_size")
+    lr = _finite(lr, "lr")
+    try:
+        seed = _whole(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)
+    except WavescoreError:
+        raise WavescoreError(f"seed must be a whole number (e.g. 0), got {seed!r}") from None
+    if max_minutes is not None:
+        max_minutes = _finite(max_minutes, "max_minutes")
+    sigma_data = _finite(sigma_data, "sigma_data")
+    p_mean = _finite(p_mean, "p_mean", positive=False)
+    p_std = _finite(p_std, "p_std", positive=False, nonnegative=True)
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise WavescoreError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    arch_kwargs = _check_arch_kwargs(arch, arch_kwargs)
     out = Path(out)
     data = data.detach().cpu().float()
+    if not torch.isfinite(data).all():
+        raise WavescoreError("data contains NaN or infinite values: clean or drop those images before training")
     config = {"arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "shape": list(data.shape[1:]),
               "sigma_data": float(sigma_data), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
               "p_mean": float(p_mean), "p_std": float(p_std), "n_train": int(len(data))}
     if "mults" in config["arch_kwargs"]:
         config["arch_kwargs"]["mults"] = list(config["arch_kwargs"]["mults"])
 
-    # Initialise under the seed without disturbing the caller's global RNG.
+    # Initialise under the seed without disturbing the caller's global RNG. The constructors
+    # check the option values (widths, depth, kernel, mults) before out is touched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _build(config)
+        try:
+            model = _build(config)
+        except WavescoreError as exc:
+            raise WavescoreError(f"arch_kwargs: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise WavescoreError(f"arch_kwargs {config['arch_kwargs']} cannot build a {arch} ({_one_line(exc)}); "
+                                 "fix the options") from None
+    if arch == "unet":
+        factor = 2 ** (len(model.net.mults) - 1)
+        if data.shape[-1] % factor or data.shape[-2] % factor:
+            raise WavescoreError(f"a unet with {len(model.net.mults)} resolutions needs H and W divisible by {factor}, "
+                                 f"the data are {tuple(data.shape[-2:])}: pad the images (load_dataset pad_to) "
+                                 "or use fewer mults")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)  # shuffling, sigma and noise draws
     start, history = 0, []
@@ -300,24 +532,29 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
             diff = {k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v}
             raise WavescoreError(f"{out} holds a run with a different configuration {diff} (stored, requested); "
                                  "give another path or delete it to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["rng"])
-        start, history = int(ckpt["epoch"]), list(ckpt["history"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            gen.set_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise WavescoreError(f"{out}: damaged checkpoint, cannot resume from it (weights, optimizer or RNG "
+                                 f"state: {_one_line(exc)}); delete it to start over") from None
+        start, history = ckpt["epoch"], list(ckpt.get("history", []))
 
     n = len(data)
     steps_per_epoch = math.ceil(n / batch_size)
     t0 = time.perf_counter()
     bar = None
     if progress and start < epochs:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=(epochs - start) * steps_per_epoch, desc=f"train {arch}", unit="step")
+        from ._io import progress_bar
+
+        bar = progress_bar(total=(epochs - start) * steps_per_epoch, desc=f"train {arch}", unit="step")
     model.train()
     try:
         for epoch in range(start, epochs):
             t_epoch, total = time.perf_counter(), 0.0
             perm = torch.randperm(n, generator=gen)
-            for s in range(0, n, batch_size):
+            for step, s in enumerate(range(0, n, batch_size), 1):
                 x0 = data[perm[s : s + batch_size]]
                 # ln(sigma) ~ N(P_mean, P_std^2) and the weight lambda(sigma) (Karras et al. 2022, Table 1).
                 sigma = torch.exp(p_mean + p_std * torch.randn(len(x0), generator=gen))
@@ -325,13 +562,19 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
                 weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
                 den = model(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
                 loss = (weight.reshape(-1, 1, 1, 1) * (den - x0) ** 2).mean()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise _diverged(out, epoch + 1, step, f"loss {value}", lr, history[-1]["epoch"] if history else 0)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.item() * len(x0)
+                total += value * len(x0)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
+            if not all(torch.isfinite(p).all() for p in model.parameters()):  # the epoch's last step blew up
+                raise _diverged(out, epoch + 1, step, "the weights became non-finite", lr,
+                                history[-1]["epoch"] if history else 0)
             history.append({"epoch": epoch + 1, "loss": total / n, "seconds": time.perf_counter() - t_epoch})
             ckpt = {"format": FORMAT, "version": FORMAT_VERSION, "config": config, "epoch": epoch + 1,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
