@@ -34,15 +34,59 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: the process exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers of ``path`` left beside it.
+
+    :func:`atomic_path` names its temporary ``.<name>.<pid>.<random>.tmp``; one whose writing
+    process no longer runs on this machine can never be renamed into place. Returns what it removed.
+    """
+    path = Path(path)
+    prefix = "." + path.name + "."
+    removed = []
+    try:
+        candidates = list(path.parent.glob(glob_escape(prefix) + "*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters escaped (file names may hold ``[``)."""
+    import glob
+
+    return glob.escape(text)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success.
 
-    An interrupted run therefore never leaves a half-written file under the final name.
+    An interrupted run therefore never leaves a half-written file under the final name; the
+    temporary carries the writer's pid, so the next write to ``path`` removes what a killed
+    writer left (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
+    if not path.name:
+        raise WavescoreError(f"cannot write to {str(path)!r}: give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -62,11 +106,35 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (numbers as plain floats, keys in order)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    """Write JSON atomically (numbers as plain floats, keys in order).
+
+    NaN and infinities are not JSON: they are written as ``null``, so every reader parses the file.
+    """
+    text = json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (also inside tensors and arrays) replaced by None."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    try:
+        return finite_json(_json_default(obj))
+    except TypeError:
+        return obj
 
 
 def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
     try:
         import numpy as np
         import torch
@@ -78,8 +146,6 @@ def _json_default(o: Any) -> Any:
         return o.tolist()
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
-    if isinstance(o, Path):
-        return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
@@ -122,3 +188,15 @@ def read_archive(path: str | os.PathLike, fmt: str, version: int, what: str, hin
     except (KeyError, ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
         raise WavescoreError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {hint}") from None
     return header, arrays
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
+    """A tqdm bar on a terminal; nothing when ``enabled`` is False or stderr is not a terminal,
+    so logs and CI output get no carriage-return redraws. ``WAVESCORE_PROGRESS=1`` forces it on."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    forced = os.environ.get("WAVESCORE_PROGRESS") == "1"
+    tty = forced or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return tqdm(iterable, disable=not (enabled and tty), **kwargs)

@@ -71,7 +71,7 @@ def shapley_groups(machine, x: torch.Tensor, sigmas: Sequence[float], *, groups:
 
     phi_g = sum_{S not containing g} |S|! (n-|S|-1)! / n! [v(S + g) - v(S)],  v(S) = MSE(empty) - MSE(S).
     """
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     x = x.double()
     present = set(r for roles in machine.feature_roles() for r in roles)
@@ -79,7 +79,7 @@ def shapley_groups(machine, x: torch.Tensor, sigmas: Sequence[float], *, groups:
     n = len(groups)
     mse = {}
     coalitions = [frozenset(c) for r in range(n + 1) for c in itertools.combinations(groups, r)]
-    for c in tqdm(coalitions, desc="coalitions", disable=not progress, leave=False):
+    for c in progress_bar(coalitions, desc="coalitions", enabled=progress, leave=False):
         mse[c] = _mse(machine.restrict(_keep(set(c))), x, sigmas, seed)
     base = mse[frozenset()]
     shap = {}

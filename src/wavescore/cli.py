@@ -6,11 +6,138 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from ._io import WavescoreError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MODEL_HELP = ("models: machine files (.wsm), network checkpoints (.pt or .safetensors), 'diffusers:DIR' (a "
+              "diffusers UNet2DModel and its scheduler), 'empirical' or 'els'")
+
+
+# ----------------------------------------------------------------------------- argument checks
+# Every number and path a user types is checked here, before any work: a bad one ends the
+# command with one line on stderr and exit status 2 (argparse's own convention for usage errors).
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _whole(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _real(*, minimum: float | None = None, above: float | None = None):
+    bound = f" >= {minimum:g}" if minimum is not None else f" > {above:g}" if above is not None else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (not math.isfinite(value) or (minimum is not None and value < minimum)
+                or (above is not None and not value > above)):
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
+        return value
+    return parse
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _writable_folder(folder: Path, flag: str, text: str) -> None:
+    """The nearest existing folder above ``folder`` must take a new file (probed, then removed)."""
+    q = Path(os.path.abspath(folder))
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        raise WavescoreError(f"{flag} {text}: {q} is a file, not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".wavescore-probe-", dir=q)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise WavescoreError(f"{flag} {text}: cannot write in {q} ({exc.strerror or exc}); choose a writable place") from None
+
+
+def _input_paths(*specs) -> list[Path]:
+    """The existing files and folders among the inputs (dataset names and 'empirical' are not paths)."""
+    out = []
+    for spec in specs:
+        for item in (spec if isinstance(spec, (list, tuple)) else [spec]):
+            if item is None:
+                continue
+            item = str(item).split(":", 1)[1] if str(item).startswith("diffusers:") else str(item)
+            if item and Path(item).exists():
+                out.append(Path(item))
+    return out
+
+
+def _output_file(text, inputs=(), *, suffixes=None, flag: str = "-o", also=()) -> Path:
+    """Check an output file before any work: a name, a known suffix, not a folder, not one of the
+    inputs (nor are the files written ``also`` beside it), and a folder that takes files."""
+    if text is None or not str(text).strip():
+        raise WavescoreError(f"{flag} needs a file name, got {text!r}")
+    path = Path(text)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise WavescoreError(f"{flag} {text}: the file name must end in {' or '.join(suffixes)}")
+    for p in (path, *also):
+        if p.is_dir():
+            raise WavescoreError(f"{flag} {text}: {p} is a folder; give a file name")
+        for i in inputs:
+            if _same_file(p, i):
+                raise WavescoreError(f"{flag} {text}: writing {p} would overwrite the input {i}; choose another name")
+    _writable_folder(path.parent, flag, text)
+    return path
+
+
+def _output_folder(text, inputs=(), *, flag: str = "-o") -> Path:
+    if text is None or not str(text).strip():
+        raise WavescoreError(f"{flag} needs a folder name, got {text!r}")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise WavescoreError(f"{flag} {text} is a file; give a folder for the outputs")
+    for i in inputs:
+        if _same_file(path, i):
+            raise WavescoreError(f"{flag} {text} is also an input; choose another folder")
+    _writable_folder(path, flag, text)
+    return path
+
+
+def _load_models(specs, data, *, limit=None) -> dict:
+    """{name: model} for ``specs``; the same file twice is refused, and two different models
+    with one name (``a.wsm`` and ``b/a.wsm``, or two machines of one family) are told apart by
+    their spec instead of one silently replacing the other."""
+    from .models import load_model
+
+    keys = {}
+    for spec in specs:
+        key = os.path.realpath(spec) if Path(spec).exists() else spec
+        if key in keys:
+            raise WavescoreError(f"model {spec!r} is given twice (as {keys[key]!r} too): give each model once")
+        keys[key] = spec
+    loaded = [(spec, *load_model(spec, data=data, limit=limit)) for spec in specs]
+    names = [name for _, name, _ in loaded]
+    return {(f"{name} [{spec}]" if names.count(name) > 1 else name): model for spec, name, model in loaded}
 
 
 # ----------------------------------------------------------------------------- data
@@ -31,8 +158,9 @@ def _cmd_data_fetch(args: argparse.Namespace) -> None:
 def _cmd_data_show(args: argparse.Namespace) -> None:
     from . import datasets, plots
 
+    out = _output_file(args.output or f"{Path(str(args.name)).stem}_{args.split}.png", _input_paths(args.name),
+                       suffixes=IMAGE_SUFFIXES)
     x = datasets.load_dataset(args.name, args.split, limit=args.n)
-    out = Path(args.output or f"{Path(str(args.name)).stem}_{args.split}.png")
     plots.save_image_grid(x, out)
     print(f"wrote {out} ({x.shape[0]} images of shape {tuple(x.shape[1:])})")
 
@@ -48,86 +176,118 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     q = dsub.add_parser("show", help="write a PNG grid of examples")
     q.add_argument("name")
     q.add_argument("--split", default="train")
-    q.add_argument("-n", type=int, default=64, help="number of images (default 64)")
-    q.add_argument("-o", "--output", help="PNG path (default NAME_SPLIT.png)")
+    q.add_argument("-n", type=_whole(1), default=64, help="number of images (default 64)")
+    q.add_argument("-o", "--output", help="PNG or JPEG path (default NAME_SPLIT.png)")
     q.set_defaults(func=_cmd_data_show)
 
 
 # ----------------------------------------------------------------------------- fit / evaluate
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default="local",
-                   choices=["independent", "orientation", "local", "parent", "gaussian", "gaussian+independent",
-                            "gaussian+orientation", "gaussian+local", "gaussian+parent", "gaussian+gsm", "gaussian+gates",
-                            "mixed"],
+    from .machine import MIXED_PRESETS
+    from .neighbourhoods import FAMILIES
+
+    p.add_argument("--family", default="local", choices=[*FAMILIES, *MIXED_PRESETS, "gaussian+gates", "mixed"],
                    help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
                         "gaussian+gates: the Gaussian score plus sigma-scaled shrinkage gates (with the held-out "
                         "choice, except on a cluster); mixed: the terms given by --terms")
-    p.add_argument("--gate-scales", default="1,2,4", help="gaussian+gates: own-coefficient gate widths, in sigmas")
-    p.add_argument("--energy-scales", default="1,2",
-                   help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas")
+    p.add_argument("--gate-scales", default=None,
+                   help="gaussian+gates: own-coefficient gate widths, in sigmas (default 1,2,4)")
+    p.add_argument("--energy-scales", default=None,
+                   help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas (default 1,2)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
-                   help="choose the sub-family degree and ridge per sigma by held-out denoising error")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction of training images held out for --select")
-    p.add_argument("--degree", type=int, default=1, choices=[1, 2, 3])
-    p.add_argument("--radius", type=int, default=1)
+                   help="choose the sub-family degree and ridge per sigma by held-out denoising error "
+                        "(gaussian+gates always chooses)")
+    p.add_argument("--holdout", type=_real(above=0), default=0.1,
+                   help="fraction of training images held out for the choice, in (0, 0.5)")
+    p.add_argument("--degree", type=int, default=None, choices=[1, 2, 3], help="polynomial degree P (default 1)")
+    p.add_argument("--radius", type=_whole(0), default=1)
     p.add_argument("--bands", default="same", choices=["same", "all"])
     p.add_argument("--shared", action="store_true", help="one parameter vector per band (translation-equivariant)")
     p.add_argument("--wavelet", default="haar")
-    p.add_argument("--levels", type=int, default=None)
-    p.add_argument("--ridge", type=float, default=1e-6)
+    p.add_argument("--levels", type=_whole(1), default=None)
+    p.add_argument("--ridge", type=_real(minimum=0), default=1e-6)
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise WavescoreError(f"{flag} takes comma-separated numbers, e.g. 1,2,4; got {text!r}") from None
+        values = ()
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise WavescoreError(f"{flag} takes comma-separated positive numbers, e.g. 1,2,4; got {text!r}")
+    return values
 
 
-def _cmd_fit(args: argparse.Namespace) -> None:
-    from . import datasets
-    from ._io import write_json
+def _build_fit_machine(args: argparse.Namespace):
+    """The machine the fit arguments describe; an option the chosen family would ignore is refused."""
     from .machine import ScoreMachine
 
+    distributed = bool(args.workers or args.scheduler)
+    if args.family == "gaussian+gates":
+        from .gates import GatedMachine
+
+        ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
+                                            ("--terms", args.terms is not None)) if given]
+        if ignored:
+            raise WavescoreError(f"{', '.join(ignored)} does not apply to --family gaussian+gates "
+                                 "(its gates are set by --gate-scales and --energy-scales): drop it")
+        # A cluster fit has no held-out split: it keeps the gated solution at every grid sigma.
+        return GatedMachine(scales=_floats(args.gate_scales or "1,2,4", "--gate-scales"),
+                            energy_scales=_floats(args.energy_scales or "1,2", "--energy-scales"),
+                            radius=args.radius, bands=args.bands, wavelet=args.wavelet, levels=args.levels,
+                            ridge=args.ridge, holdout=args.holdout, select=not distributed)
+    ignored = [flag for flag, given in (("--gate-scales", args.gate_scales is not None),
+                                        ("--energy-scales", args.energy_scales is not None)) if given]
+    if ignored:
+        raise WavescoreError(f"{', '.join(ignored)} applies only to --family gaussian+gates: drop it")
     terms = None
     if args.terms is not None:
         try:
             terms = json.loads(args.terms)
         except json.JSONDecodeError as exc:
             raise WavescoreError(f"--terms must be a JSON list of terms ({exc}); see `wavescore fit --help`") from None
-    if args.family == "gaussian+gates":
-        from .gates import GatedMachine
-
-        distributed = bool(args.workers or args.scheduler)
-        # A cluster fit has no held-out split: it keeps the gated solution at every grid sigma.
-        m = GatedMachine(scales=_floats(args.gate_scales, "--gate-scales"),
-                         energy_scales=_floats(args.energy_scales, "--energy-scales"), radius=args.radius,
-                         bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge,
-                         holdout=args.holdout, select=not distributed)
-        if distributed:
-            print("gaussian+gates on a cluster: no held-out choice (the gated solution at every grid sigma)")
-    else:
-        m = ScoreMachine(family=args.family, degree=args.degree, radius=args.radius, shared=args.shared,
-                         bands=args.bands, wavelet=args.wavelet, levels=args.levels, ridge=args.ridge, terms=terms,
-                         select=args.select, holdout=args.holdout)
-    sources = args.data or ["mnist"]
-    if args.select and (args.workers or args.scheduler):
+    if args.select and distributed:
         raise WavescoreError("--select runs in one process: drop --workers/--scheduler, or fit without --select")
+    return ScoreMachine(family=args.family, degree=1 if args.degree is None else args.degree, radius=args.radius,
+                        shared=args.shared, bands=args.bands, wavelet=args.wavelet, levels=args.levels,
+                        ridge=args.ridge, terms=terms, select=args.select, holdout=args.holdout)
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from . import datasets
+    from ._io import sha256_file, write_json
+
+    sources = args.data or ["mnist"]
+    out = _output_file(args.output, _input_paths(sources), suffixes=(".wsm",),
+                       also=[Path(str(args.output) + ".json")])
+    if out.exists():
+        from .gates import read_format
+
+        if read_format(out) is None:
+            raise WavescoreError(f"-o {out} exists and is not a wavescore machine: fitting would destroy it; "
+                                 "choose another name")
+    m = _build_fit_machine(args)
+    if len(sources) > 1 and not (args.workers or args.scheduler):
+        raise WavescoreError("several --data sources need --workers N or --scheduler ADDRESS")
     if args.workers or args.scheduler:
         from .distributed import fit_distributed, row_shards
 
+        if args.family == "gaussian+gates":
+            print("gaussian+gates on a cluster: no held-out choice (the gated solution at every grid sigma)")
         shards = row_shards(sources[0], args.shards, split=args.split) if len(sources) == 1 else sources
         fit_distributed(m, shards, workers=args.workers, scheduler=args.scheduler, split=args.split)
     else:
-        if len(sources) > 1:
-            raise WavescoreError("several --data sources need --workers N or --scheduler ADDRESS")
         m.fit(datasets.load_dataset(sources[0], args.split, limit=args.limit))
-    out = m.save(args.output)
+    # The old description goes before the new machine is written: a kill in between leaves no
+    # JSON describing another machine (and the JSON names the sha256 of the machine it describes).
+    meta_path = Path(str(out) + ".json")
+    meta_path.unlink(missing_ok=True)
+    m.save(out)
     meta = {"command": " ".join(sys.argv), "data": sources, "split": args.split, "n_images": m.n_samples_,
-            "params": m.get_params(), "name": m.name, "fit_seconds": m.fit_time_}
-    write_json(Path(str(out) + ".json"), meta)
+            "params": m.get_params(), "name": m.name, "fit_seconds": m.fit_time_, "machine_sha256": sha256_file(out)}
+    write_json(meta_path, meta)
     print(f"fitted {m.name} on {m.n_samples_} images {m.shape_} in {m.fit_time_:.1f}s -> {out}")
 
 
@@ -135,18 +295,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from . import datasets
     from ._io import write_json
     from .evaluation import evaluate_denoisers, format_table, parse_sigmas
-    from .models import load_model
 
     sigmas = parse_sigmas(args.sigmas)
+    out = _output_file(args.output, _input_paths(args.model, args.data), suffixes=(".json",))
+    models = _load_models(args.model, args.data)
     x = datasets.load_dataset(args.data, args.split, limit=args.limit)
-    models = {}
-    for spec in args.model:
-        name, model = load_model(spec, data=args.data)
-        models[name] = model
     result = evaluate_denoisers(models, x, sigmas, seed=args.seed)
     result.update(data=str(args.data), split=args.split, command=" ".join(sys.argv))
     print(format_table(result))
-    out = Path(args.output)
     write_json(out, result)
     print(f"wrote {out}")
 
@@ -156,22 +312,22 @@ def _add_fit_evaluate(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("fit", help="fit a score machine from data moments (one pass)")
     p.add_argument("--data", action="append", help="dataset name or path (default mnist); repeat for shards")
-    p.add_argument("--workers", type=int, default=None, help="fit on a local Dask cluster of N workers")
+    p.add_argument("--workers", type=_whole(1), default=None, help="fit on a local Dask cluster of N workers")
     p.add_argument("--scheduler", default=None, help="fit on the Dask cluster at this address")
-    p.add_argument("--shards", type=int, default=8, help="row shards of a single --data source (default 8)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--shards", type=_whole(1), default=8, help="row shards of a single --data source (default 8)")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--limit", type=_whole(1), default=None, help="use only the first N images")
     _add_machine_args(p)
     p.add_argument("-o", "--output", required=True, help="machine file to write (.wsm)")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("evaluate", help="denoising MSE/PSNR per sigma on fixed seeded noise")
-    p.add_argument("--model", nargs="+", required=True, help="machine files (.wsm)")
+    p.add_argument("--model", nargs="+", required=True, help=MODEL_HELP)
     p.add_argument("--data", default="mnist")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=_whole(1), default=None)
     p.add_argument("--sigmas", default=",".join(f"{s:g}" for s in DEFAULT_SIGMAS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("-o", "--output", default="evaluation.json", help="JSON results (default evaluation.json)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -182,14 +338,18 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     from . import plots
     from ._io import atomic_path, write_json
-    from .models import load_model
     from .samplers import sample
 
-    name, model = load_model(args.model, data=args.data)
+    inputs = _input_paths(args.model, args.data if args.quality else None)
+    out = Path(args.output)
+    beside = [out.with_suffix(".npz"), out.with_suffix(".json")] + (
+        [out.with_name(out.stem + "_nearest.png")] if args.quality else [])
+    out = _output_file(args.output, inputs, suffixes=IMAGE_SUFFIXES, also=beside)
+    (name, model), = _load_models([args.model], args.data).items()
     t0 = time.perf_counter()
     x = sample(model, args.n, steps=args.steps, sampler=args.sampler, seed=args.seed)
     seconds = time.perf_counter() - t0
-    out = Path(args.output)
+    out.with_suffix(".json").unlink(missing_ok=True)  # never a description of other samples
     plots.save_image_grid(x, out)
     npz = out.with_suffix(".npz")
     with atomic_path(npz) as tmp:
@@ -207,18 +367,43 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         print(_quality_summary(meta["quality"]))
 
 
-def _cmd_sample_quality(args: argparse.Namespace) -> None:
+def _read_samples(path: str):
+    """Samples (N, C, H, W) from the .npz `wavescore sample` writes (key 'samples') or a .npy array."""
+    import zipfile
+
     import numpy as np
     import torch
 
+    p = Path(path)
+    if not p.is_file():
+        raise WavescoreError(f"--samples {path}: no such file; give the .npz written by `wavescore sample`")
+    try:
+        obj = np.load(p, allow_pickle=False)
+        if isinstance(obj, np.ndarray):
+            a = obj
+        else:
+            with obj as z:
+                if "samples" not in z:
+                    raise WavescoreError(f"--samples {path} has no 'samples' array (found {list(z.keys())}): "
+                                         "give the .npz written by `wavescore sample`")
+                a = z["samples"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise WavescoreError(f"cannot read samples from {path} ({type(exc).__name__}: {exc}): "
+                             "give the .npz written by `wavescore sample`") from None
+    if a.ndim != 4 or a.dtype.kind != "f" or a.shape[0] < 1:
+        raise WavescoreError(f"--samples {path}: expected float images (N, C, H, W), got {a.dtype} {a.shape}")
+    if not np.isfinite(a).all():
+        raise WavescoreError(f"--samples {path} holds NaN or inf values (the sampler diverged?)")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _cmd_sample_quality(args: argparse.Namespace) -> None:
     from ._io import write_json
     from .quality import sample_quality
 
-    try:
-        x = torch.from_numpy(np.load(args.samples)["samples"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise WavescoreError(f"cannot read samples from {args.samples} ({exc}): give the .npz written by `wavescore sample`")
-    out = Path(args.output)
+    out = _output_file(args.output, _input_paths(args.samples, args.data), suffixes=(".json",),
+                       also=[Path(args.output).with_suffix(".png")])
+    x = _read_samples(args.samples)
     q = sample_quality(x, args.data, figure=out.with_suffix(".png"))
     write_json(out, {"command": " ".join(sys.argv), "samples": args.samples, "data": args.data, **q})
     print(_quality_summary(q))
@@ -241,20 +426,20 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     from .samplers import SAMPLERS
 
     p = sub.add_parser("sample", help="draw samples by reverse diffusion with a model's denoiser")
-    p.add_argument("--model", required=True, help="machine (.wsm) or network checkpoint")
-    p.add_argument("-n", type=int, default=64)
-    p.add_argument("--steps", type=int, default=18)
+    p.add_argument("--model", required=True, help=MODEL_HELP.replace("models:", "a model:"))
+    p.add_argument("-n", type=_whole(1), default=64, help="number of samples (default 64)")
+    p.add_argument("--steps", type=_whole(1), default=18)
     p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--data", default="mnist", help="training data (for --quality)")
     p.add_argument("--quality", action="store_true", help="also measure sample quality against --data")
-    p.add_argument("-o", "--output", default="samples.png", help="PNG grid; .npz and .json are written beside it")
+    p.add_argument("-o", "--output", default="samples.png", help="PNG or JPEG grid; .npz and .json are written beside it")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("sample-quality", help="memorisation, classifier Frechet distance, wavelet-packet Frechet distance")
-    p.add_argument("--samples", required=True, help=".npz written by `wavescore sample`")
+    p.add_argument("--samples", required=True, help=".npz written by `wavescore sample` (or a .npy (N, C, H, W))")
     p.add_argument("--data", default="mnist")
-    p.add_argument("-o", "--output", default="quality.json")
+    p.add_argument("-o", "--output", default="quality.json", help="JSON (a .png of nearest neighbours beside it)")
     p.set_defaults(func=_cmd_sample_quality)
 
 
@@ -264,13 +449,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from ._io import write_json
     from .compare import compare_models, plot_r2
     from .evaluation import parse_sigmas
-    from .models import REFERENCE_KINDS, load_model
+    from .models import REFERENCE_KINDS
 
     sigmas = parse_sigmas(args.sigmas)
-    models = {}
-    for spec in args.models:
-        name, model = load_model(spec, data=args.data, limit=args.train_limit)
-        models[name] = model
+    out = _output_folder(args.output, _input_paths(args.models, args.data))
+    models = _load_models(args.models, args.data, limit=args.train_limit)
+    if args.reference is not None:
+        unknown = [r for r in args.reference if r not in models]
+        if unknown or not args.reference:
+            raise WavescoreError(f"--reference {' '.join(unknown) or '(none)'}: name references among the models "
+                                 f"({', '.join(models)})")
     refs = args.reference or [n for n, m in models.items() if getattr(m, "kind_", "") in REFERENCE_KINDS]
     if not refs:
         raise WavescoreError("no reference to compare against: add a network (.pt), 'empirical' or 'els', or --reference")
@@ -280,7 +468,6 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                             steps=args.steps)
     finals = result.pop("_finals", None)
     result.update(data=str(args.data), command=" ".join(sys.argv))
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", result)
     plot_r2(result, out / "r2_denoiser.png", "denoiser")
@@ -301,16 +488,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="MSE on train/test and R² of each machine against networks / empirical / ELS")
-    p.add_argument("--models", nargs="+", required=True, help="*.wsm, *.pt, empirical, els")
+    p.add_argument("--models", nargs="+", required=True, help=MODEL_HELP)
     p.add_argument("--reference", nargs="*", help="names of the references (default: every non-machine model)")
     p.add_argument("--data", default="mnist")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--sigmas", default="0.02,0.05,0.1,0.2,0.5,1,2,5")
-    p.add_argument("-n", type=int, default=1000, help="images per split (default 1000)")
-    p.add_argument("--train-limit", type=int, default=None, help="training images for empirical/els (default all)")
-    p.add_argument("--samples", type=int, default=0, help="also sample this many from shared initial noise")
-    p.add_argument("--steps", type=int, default=18)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=_whole(1), default=1000, help="images per split (default 1000)")
+    p.add_argument("--train-limit", type=_whole(1), default=None, help="training images for empirical/els (default all)")
+    p.add_argument("--samples", type=_whole(0), default=0, help="also sample this many from shared initial noise")
+    p.add_argument("--steps", type=_whole(1), default=18)
+    p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("-o", "--output", default="compare", help="output folder")
     p.set_defaults(func=_cmd_compare)
 
@@ -320,32 +507,38 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from . import datasets
     from .networks import train
 
-    x = datasets.load_dataset(args.data, "train", limit=args.limit)
+    out = _output_file(args.output, _input_paths(args.data), suffixes=(".pt",),
+                       also=[Path(args.output).with_name(Path(args.output).stem + ".log.json")])
     arch_kwargs = {}
     if args.arch == "cnn":
-        arch_kwargs = {"width": args.width or 64, "depth": args.depth}
-    elif args.width:
-        arch_kwargs = {"base": args.width}
+        arch_kwargs = {"width": 64 if args.width is None else args.width, "depth": args.depth}
+    else:
+        if args.depth is not None:
+            raise WavescoreError("--depth applies only to --arch cnn (the U-Net's depth is fixed): drop it")
+        if args.width is not None:
+            arch_kwargs = {"base": args.width}
+    x = datasets.load_dataset(args.data, "train", limit=args.limit)
     t0 = time.perf_counter()
-    net = train(args.arch, x, epochs=args.epochs, out=args.output, batch_size=args.batch_size, lr=args.lr,
+    net = train(args.arch, x, epochs=args.epochs, out=out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, max_minutes=args.max_minutes, arch_kwargs=arch_kwargs)
     last = net.history_[-1] if net.history_ else {}
     print(f"trained {args.arch} to epoch {net.epoch_} in {time.perf_counter() - t0:.0f}s "
-          f"(last epoch loss {last.get('loss', float('nan')):.4f}) -> {args.output}")
+          f"(last epoch loss {last.get('loss', float('nan')):.4f}) -> {out}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a small CNN or U-Net denoiser (EDM preconditioning and loss)")
     p.add_argument("--arch", choices=["unet", "cnn"], required=True)
     p.add_argument("--data", default="mnist")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--width", type=int, default=None, help="CNN width / U-Net base channels")
-    p.add_argument("--depth", type=int, default=8, help="CNN depth (receptive field 1 + 2 depth)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
+    p.add_argument("--limit", type=_whole(1), default=None)
+    p.add_argument("--epochs", type=_whole(1), default=5)
+    p.add_argument("--batch-size", type=_whole(1), default=128)
+    p.add_argument("--lr", type=_real(above=0), default=2e-4)
+    p.add_argument("--width", type=_whole(1), default=None, help="CNN width (default 64) / U-Net base channels (default 32)")
+    p.add_argument("--depth", type=_whole(1), default=None, help="CNN depth (default 8; receptive field 1 + 2 depth)")
+    p.add_argument("--seed", type=_whole(0), default=0)
+    p.add_argument("--max-minutes", type=_real(above=0), default=None,
+                   help="stop after the epoch that passes this budget")
     p.add_argument("-o", "--output", required=True, help="checkpoint (.pt); resumed if it exists")
     p.set_defaults(func=_cmd_train)
 
@@ -354,9 +547,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import run_report
 
+    out = _output_folder(args.output, _input_paths(args.data, args.network))
+    network = None
+    if args.network is not None:  # read before the fits, so a bad file fails in a second, not minutes later
+        from .models import load_model
+
+        _, network = load_model(args.network, data=args.data)
+        if getattr(network, "kind_", "") != "network":
+            raise WavescoreError(f"--network {args.network}: give a trained network (.pt, .safetensors or diffusers:DIR)")
     t0 = time.perf_counter()
-    run_report(args.data, args.output, n_test=args.n_test, n_train=args.n_train, network=args.network)
-    print(f"report written to {Path(args.output) / 'index.html'} in {time.perf_counter() - t0:.0f}s")
+    run_report(args.data, out, n_test=args.n_test, n_train=args.n_train, network=network)
+    print(f"report written to {out / 'index.html'} in {time.perf_counter() - t0:.0f}s")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -364,8 +565,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                         ("run", "the main job: fit the standard machines, evaluate, sample, analyse, report")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--data", default="mnist")
-        p.add_argument("--n-test", type=int, default=2000, help="held-out images to evaluate on")
-        p.add_argument("--n-train", type=int, default=None, help="training images (default all)")
+        p.add_argument("--n-test", type=_whole(1), default=2000, help="held-out images to evaluate on")
+        p.add_argument("--n-train", type=_whole(1), default=None, help="training images (default all)")
         p.add_argument("--network", default=None, help="a trained network (.pt) to also schedule locality against")
         p.add_argument("-o", "--output", default="report")
         p.set_defaults(func=_cmd_report)
@@ -373,32 +574,57 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wavescore",
         description="Wavelet score machines: fit the optimal score from data moments, denoise, sample, analyse.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_data(sub)
     for add in _EXTRA_COMMANDS:
         add(sub)
+    for p in _all_subparsers(parser):  # --debug also after the subcommand; only the top level sets the default
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _all_subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in dict.fromkeys(action.choices.values()):
+                yield p
+                yield from _all_subparsers(p)
 
 
 # Later modules (fit, evaluate, ...) register their subcommand adders here.
 _EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare, _add_train, _add_report]
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (one line on stderr), 1 an unexpected failure (one line;
+    ``--debug`` shows the traceback), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except WavescoreError as exc:
-        print(f"wavescore: error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"wavescore: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wavescore: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug or an environment failure: one line, the trace on request
+        if args.debug:
+            raise
+        print(f"wavescore: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -45,12 +45,12 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
                    sigmas: Sequence[float], *, seed: int = 0, n_samples: int = 0, steps: int = 18,
                    sampler: str = "heun", progress: bool = True) -> dict:
     """The whole comparison as a JSON-ready dict (see the module docstring)."""
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     sigmas = [float(s) for s in sigmas]
     result = {"sigmas": sigmas, "seed": seed, "n_train": len(train), "n_test": len(test), "models": {}, "r2": {}}
     test_out = {}
-    for name, model in tqdm(models.items(), desc="models", disable=not progress, leave=False):
+    for name, model in progress_bar(models.items(), desc="models", enabled=progress, leave=False):
         tr = _outputs(model, train, sigmas, seed + 1)
         te = _outputs(model, test, sigmas, seed)
         test_out[name] = te
@@ -75,7 +75,7 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
         shape = tuple(test.shape[1:])
         noise = torch.randn((n_samples, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         finals = {name: sample(m, n_samples, steps=steps, sampler=sampler, shape=shape, noise=noise)
-                  for name, m in tqdm(models.items(), desc="sampling", disable=not progress, leave=False)}
+                  for name, m in progress_bar(models.items(), desc="sampling", enabled=progress, leave=False)}
         result["samples"] = {"n": n_samples, "steps": steps, "sampler": sampler, "correlation": {}}
         for ref in references:
             result["samples"]["correlation"][ref] = {}

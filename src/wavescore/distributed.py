@@ -113,9 +113,9 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
         else:
             futures = client.map(_shard_moments, list(shards), params=machine.get_params(), shape=machine.shape_,
                                  shift=acc.shift, scale=acc.scale, split=split, pure=False)
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", disable=not progress, leave=False):
+        for fut in progress_bar(as_completed(futures), total=len(futures), desc="shards", enabled=progress, leave=False):
             acc = machine.merge_sums(acc, fut.result()) if gated else acc.merge(fut.result())
     finally:
         if own_cluster is not None:

@@ -34,6 +34,9 @@ def noise_for(shape, sigma_index: int, seed: int) -> torch.Tensor:
 
 
 def psnr(mse: float) -> float:
+    """PSNR in dB; NaN (written as null in JSON) where the MSE is not a finite number."""
+    if not math.isfinite(mse):
+        return float("nan")
     return 10 * math.log10(4.0 / mse) if mse > 0 else float("inf")
 
 
@@ -43,19 +46,24 @@ def evaluate_denoisers(models: Mapping[str, object], x: torch.Tensor, sigmas: Se
 
     Returns ``{"sigmas": [...], "models": {name: {"mse": [...], "psnr": [...], "seconds": t}}}``.
     """
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     x = x.to(torch.float64)
     out = {"sigmas": list(map(float, sigmas)), "n_images": int(x.shape[0]), "seed": seed, "models": {}}
     for name, model in models.items():
         t0 = time.perf_counter()
         mses = []
-        for k, s in enumerate(tqdm(sigmas, desc=f"evaluate {name}", disable=not progress, leave=False)):
+        for k, s in enumerate(progress_bar(sigmas, desc=f"evaluate {name}", enabled=progress, leave=False)):
             z = noise_for(x.shape, k, seed)
             sq = 0.0
             for b in range(0, x.shape[0], batch_size):
                 clean = x[b : b + batch_size]
                 den = model.denoise(clean + s * z[b : b + batch_size], s).to(torch.float64)
+                if not torch.isfinite(den).all():
+                    from ._io import WavescoreError
+
+                    raise WavescoreError(f"model {name} returned NaN or inf at sigma {s:g}: it is broken at this "
+                                         "noise level (refit it, or leave this sigma out)")
                 sq += float(((den - clean) ** 2).sum())
             mses.append(sq / x.numel())
         out["models"][name] = {"mse": mses, "psnr": [psnr(m) for m in mses], "seconds": time.perf_counter() - t0}

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _checks as checks
 from ._io import WavescoreError, read_archive, write_archive
-from .machine import _check_images, _physical_memory, iter_batches, score_images, tweedie_denoise
+from .machine import _check_images, _checks_common, _physical_memory, iter_batches, score_images, tweedie_denoise
 from .neighbourhoods import build_groups
 from .solver import schur_solve
 from .transform import WaveletTransform
@@ -107,9 +108,13 @@ class GatedMachine:
         s = np.asarray(self.sigmas)
         if s.size < 1 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
             raise WavescoreError(f"sigmas must be positive and increasing, got {self.sigmas}")
-        if self.ridge < 0:
-            raise WavescoreError(f"ridge must be >= 0, got {self.ridge}")
-        if self.select and not 0 < self.holdout < 0.5:
+        if any(not np.isfinite(c) for c in self.scales + self.energy_scales):
+            raise WavescoreError(f"gate scales must be finite, got {self.scales + self.energy_scales}")
+        _checks_common(self)
+        if self.bands not in ("same", "all"):
+            raise WavescoreError(f"bands must be 'same' or 'all', got {self.bands!r}")
+        self.radius = checks.whole("radius", self.radius, 0)
+        if self.select and not 0 < checks.real("holdout", self.holdout) < 0.5:
             raise WavescoreError(f"holdout must be in (0, 0.5) with select=True, got {self.holdout}")
 
     def get_params(self) -> dict:
@@ -275,15 +280,15 @@ class GatedMachine:
     # ------------------------------------------------------------------ fit
     def fit(self, data, *, progress: bool = True) -> "GatedMachine":
         """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
         self._validate()
         t0 = time.perf_counter()
         total = -(-len(data) // self.batch_size) if isinstance(data, (torch.Tensor, np.ndarray)) else None
         sums = held = None
         held_x: list = []
-        for batch in tqdm(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}", unit="batch",
-                          disable=not progress, leave=False):
+        for batch in progress_bar(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}", unit="batch",
+                          enabled=progress, leave=False):
             if sums is None:
                 self._setup(batch)
                 sums, held = self._empty_sums(), self._empty_sums()
@@ -387,14 +392,14 @@ class GatedMachine:
     def _choose(self, sums: dict, w0: torch.Tensor, progress: bool) -> dict:
         """Held-out denoising MSE per grid sigma: the Gaussian score against the gated machine
         at each ridge, with the same seeded noise (paired)."""
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
         basis = self._gaussian_basis(sums)
         cands = [("gaussian", self.ridge)] + [("gated", r) for r in SELECT_RIDGES]
         mse = np.zeros((len(self.sigmas), len(cands)))
         gen = torch.Generator().manual_seed(20261129)
         mean, lam, V = basis
-        for k, s in enumerate(tqdm(self.sigmas, desc="select", disable=not progress, leave=False)):
+        for k, s in enumerate(progress_bar(self.sigmas, desc="select", enabled=progress, leave=False)):
             y = w0 + s * torch.randn(w0.shape, generator=gen, dtype=torch.float64)
             u = y - self.centre_ - mean
             feats = self._features(y, s)
@@ -502,14 +507,30 @@ class GatedMachine:
         path = Path(path)
         hint = "refit it with `wavescore fit --family gaussian+gates`"
         header, arr = read_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint)
-        m = cls(**header["params"])
-        m._structure(header["shape"])
+        try:
+            return cls._from_archive(path, header, arr, hint)
+        except WavescoreError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            # A header of other types or arrays of other lengths than the configuration implies.
+            raise WavescoreError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {hint}") from None
+
+    @classmethod
+    def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "GatedMachine":
+        try:
+            m = cls(**header["params"])
+        except WavescoreError as exc:
+            raise WavescoreError(f"{path} holds an invalid configuration ({exc}): {hint}") from None
+        m._structure(tuple(int(v) for v in header["shape"]))
         D, S = m.transform_.layout.size, len(m.sigmas)
         names = ("centre", "mean", "lam", "V", "beta", "Z", "const")
         if any(k not in arr for k in names) or arr["Z"].shape != (S, D, D) or arr["beta"].shape != (S, D, m.G):
             raise WavescoreError(f"{path} does not match its own configuration (arrays missing or of other shapes): {hint}")
         m.centre_, m.mean_, m.lam_, m.V_ = arr["centre"], arr["mean"], arr["lam"], arr["V"]
         m.beta_, m.Z_, m.const_ = arr["beta"], arr["Z"], arr["const"]
+        if (tuple(m.centre_.shape) != (D,) or tuple(m.lam_.shape) != (D,) or tuple(m.V_.shape) != (D, D)
+                or any(not torch.isfinite(a).all() for a in arr.values())):
+            raise WavescoreError(f"{path} does not match its own configuration (short or non-finite arrays): {hint}")
         m.n_samples_, m.choice_, m.fit_time_ = header["count"], header.get("choice"), header.get("fit_time")
         return m
 

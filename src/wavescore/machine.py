@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import _checks as checks
 from ._io import WavescoreError, read_archive, write_archive
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
@@ -71,6 +72,18 @@ def _check_images(x, what: str = "images") -> None:
         raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
+
+
+def _checks_common(m) -> None:
+    """The constructor values every machine class shares (ridge, wavelet, levels, batch size,
+    memory cap, device), checked once here for all of them."""
+    m.ridge = checks.real("ridge", m.ridge, minimum=0)
+    checks.wavelet(m.wavelet)
+    m.levels = checks.whole("levels", m.levels, 1, optional=True)
+    m.batch_size = checks.whole("batch_size", m.batch_size, 1)
+    m.max_memory = checks.real("max_memory", m.max_memory, above=0, optional=True)
+    if hasattr(m, "device"):
+        checks.device(m.device)
 
 
 def score_images(model, x: torch.Tensor, sigma, device) -> torch.Tensor:
@@ -172,13 +185,15 @@ class ScoreMachine:
             if self.shared and any(t.family == "gaussian" for t in mixed):
                 raise WavescoreError("global linear terms are per coefficient: shared=True applies only to "
                                      "mixed families without a gaussian term")
-        if self.degree not in (1, 2, 3):
+        if isinstance(self.degree, bool) or self.degree not in (1, 2, 3):
             raise WavescoreError(f"degree must be 1, 2 or 3, got {self.degree!r}")
         if self.family == "gaussian" and self.degree != 1:
             raise WavescoreError("the gaussian family is global and linear: use degree=1")
-        if self.ridge < 0:
-            raise WavescoreError(f"ridge must be >= 0, got {self.ridge}")
-        if self.select and not 0 < self.holdout < 0.5:
+        _checks_common(self)
+        if self.bands not in ("same", "all"):
+            raise WavescoreError(f"bands must be 'same' or 'all', got {self.bands!r}")
+        self.radius = checks.whole("radius", self.radius, 0)
+        if self.select and not 0 < checks.real("holdout", self.holdout) < 0.5:
             raise WavescoreError(f"holdout is the fraction of training images kept aside for select=True: "
                                  f"choose it in (0, 0.5), got {self.holdout}")
 
@@ -386,7 +401,7 @@ class ScoreMachine:
     # ------------------------------------------------------------------ fitting
     def fit(self, data, *, progress: bool = True) -> "ScoreMachine":
         """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
         self._validate()
         t0 = time.perf_counter()
@@ -395,8 +410,8 @@ class ScoreMachine:
             total = -(-len(data) // self.batch_size)
         acc = held = None
         held_x: list = []
-        bar = tqdm(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}",
-                   unit="batch", disable=not progress, leave=False)
+        bar = progress_bar(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}",
+                   unit="batch", enabled=progress, leave=False)
         for batch in bar:
             if acc is None:
                 acc = self.new_accumulator(batch)
@@ -449,7 +464,7 @@ class ScoreMachine:
     def _choose(self, x: torch.Tensor, progress: bool = True) -> dict:
         """Held-out denoising MSE of every (degree, ridge) candidate on the sigma grid; the
         same seeded noise for every candidate, so the comparison is paired."""
-        from tqdm.auto import tqdm
+        from ._io import progress_bar
 
         from .evaluation import noise_for
 
@@ -458,7 +473,7 @@ class ScoreMachine:
         acc = self.moments_
         w0 = self.transform_.forward(x)
         mse = np.zeros((len(SELECT_SIGMAS), len(cands)))
-        for k, s in enumerate(tqdm(SELECT_SIGMAS, desc="select", disable=not progress, leave=False)):
+        for k, s in enumerate(progress_bar(SELECT_SIGMAS, desc="select", enabled=progress, leave=False)):
             # Orthonormal transform: the wavelet-domain error is the pixel error. The features of
             # the noisy coefficients are built once per chunk and shared by every candidate.
             y = x + s * noise_for(x.shape, k, seed=20261129)
@@ -553,13 +568,18 @@ class ScoreMachine:
                 thetas.append(self._global_linear_theta(clean[0], sigma))
             else:
                 G, b = normal_equations(clean, feats, plan, t, acc.scale[cols[0]])
+                # The ridge is relative to the noise-free second moments (solver.ridge_solve).
+                if plan is None:
+                    c_diag = clean.diagonal(dim1=-2, dim2=-1)
+                else:
+                    c_diag = clean[:, torch.as_tensor(np.diagonal(plan.pair_index).copy(), device=clean.device)]
                 if keep is None:
-                    thetas.append(ridge_solve(G, b, self.ridge))
+                    thetas.append(ridge_solve(G, b, self.ridge, c_diag))
                 else:
                     # A sub-family's moments are a sub-block of the full Gram: one smaller solve.
                     idx = torch.as_tensor(np.nonzero(keep)[0])
                     theta = G.new_zeros(b.shape)
-                    theta[:, idx] = ridge_solve(G[:, idx][:, :, idx], b[:, idx], self.ridge)
+                    theta[:, idx] = ridge_solve(G[:, idx][:, :, idx], b[:, idx], self.ridge, c_diag[:, idx])
                     thetas.append(theta)
         self._theta_cache[sigma] = thetas
         if len(self._theta_cache) > 256:
@@ -792,15 +812,36 @@ class ScoreMachine:
         hint = "refit it with `wavescore fit`"
         header, arrays = read_archive(path, FORMAT, FORMAT_VERSION, "wavescore machine", hint)
         try:
+            return cls._from_archive(path, header, arrays, hint)
+        except WavescoreError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            # A header of other types or arrays of other lengths than the configuration implies.
+            raise WavescoreError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {hint}") from None
+
+    @classmethod
+    def _from_archive(cls, path: Path, header: dict, arrays: dict, hint: str) -> "ScoreMachine":
+        try:
             shift, scale = arrays["shift"], arrays["scale"]
-            grams = [arrays[f"gram{k}"] for k in range(header["groups"])]
+            grams = [arrays[f"gram{k}"] for k in range(int(header["groups"]))]
         except KeyError as exc:
             raise WavescoreError(f"{path} is corrupt or truncated (missing {exc}): {hint}") from None
         cross = {k: arrays[k] for k in ("cross_sum", "mono_sum") if k in arrays}
-        machine = cls(**header["params"])
-        shape = tuple(header["shape"])
+        params = dict(header["params"])
+        params["device"] = checks.load_device(params.get("device", "cpu"))  # fitted on a GPU, loaded without one
+        try:
+            machine = cls(**params)
+        except WavescoreError as exc:
+            raise WavescoreError(f"{path} holds an invalid configuration ({exc}): {hint}") from None
+        shape = tuple(int(v) for v in header["shape"])
         machine.shape_ = shape
         machine.transform_ = machine._structure(shape)[0]
+        D = machine.transform_.layout.size
+        if tuple(shift.shape) != (D,) or tuple(scale.shape) != (D,):
+            raise WavescoreError(f"{path} does not match its own configuration (standardisation of "
+                                 f"{tuple(shift.shape)} values for {D} coefficients): {hint}")
+        if any(not torch.isfinite(a).all() for a in [shift, scale, *grams, *cross.values()]):
+            raise WavescoreError(f"{path} holds NaN or inf moments: {hint}")
         acc = machine._accumulator(shape, shift, scale)
         mixed = isinstance(acc, MixedMomentAccumulator)
         if [g.shape for g in grams] != [g.shape for g in acc.grams] or mixed != bool(cross) or (
@@ -811,5 +852,11 @@ class ScoreMachine:
             acc.cross_sum, acc.mono_sum = cross["cross_sum"], cross["mono_sum"]
         machine.set_moments(acc)
         machine.fit_time_ = header.get("fit_time")
-        machine.choice_ = header.get("choice")
+        ch = header.get("choice")
+        if ch is not None and not (
+                isinstance(ch, dict) and all(k in ch for k in ("sigmas", "candidates", "best"))
+                and len(ch["best"]) == len(ch["sigmas"]) > 0
+                and all(isinstance(b, int) and 0 <= b < len(ch["candidates"]) for b in ch["best"])):
+            raise WavescoreError(f"{path} holds a malformed held-out choice: {hint}")
+        machine.choice_ = ch
         return machine

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import atomic_path
+from ._io import WavescoreError, atomic_path
 
 
 def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -24,16 +24,23 @@ def image_grid(x: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.nda
     return img[0] if c == 1 else np.moveaxis(img, 0, -1)
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
 def save_image_grid(x: torch.Tensor, path, ncol: int | None = None, scale: int = 3) -> Path:
-    """Write a PNG grid of images (nearest-neighbour upscaled by ``scale``)."""
+    """Write a grid of images (nearest-neighbour upscaled by ``scale``) as PNG or JPEG, by the
+    file's suffix."""
     from PIL import Image
 
+    path = Path(path)
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise WavescoreError(f"{path}: image grids are written as {', '.join(IMAGE_FORMATS)}; change the suffix")
     img = Image.fromarray(image_grid(x, ncol))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return path
 
 

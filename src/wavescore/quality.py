@@ -96,7 +96,7 @@ def _batched(fn, x, batch=1000):
 
 def train_classifier(data: str, *, epochs: int = 2, seed: int = 0, progress: bool = True) -> tuple[SmallClassifier, dict]:
     """Train (or load from the cache) the dataset's feature classifier; returns it and its report."""
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     from .datasets import load_dataset
 
@@ -121,7 +121,7 @@ def train_classifier(data: str, *, epochs: int = 2, seed: int = 0, progress: boo
     t0 = time.perf_counter()
     for epoch in range(epochs):
         perm = torch.randperm(len(x))
-        for b in tqdm(range(0, len(x), 128), desc=f"classifier epoch {epoch + 1}/{epochs}", disable=not progress,
+        for b in progress_bar(range(0, len(x), 128), desc=f"classifier epoch {epoch + 1}/{epochs}", enabled=progress,
                       leave=False):
             idx = perm[b : b + 128]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])

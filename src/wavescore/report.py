@@ -38,7 +38,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
                progress: bool = True) -> dict:
     """``network``: an optional trained denoiser (checkpoint path or model) to schedule the
     locality against by agreement, beside the schedule chosen by held-out error."""
-    from tqdm.auto import tqdm
+    from ._io import progress_bar
 
     from . import analysis
     from .datasets import load_dataset
@@ -59,12 +59,14 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     train = load_dataset(data, "train", limit=n_train)
     test = load_dataset(data, "test", limit=n_test)
     report["n_train"] = len(train)
+    report["timings"]["load"] = time.perf_counter() - t_start
 
-    stages = tqdm(total=6, desc="report", disable=not progress)
+    stages = progress_bar(total=6, desc="report", enabled=progress)
 
     def stage_done():
         stages.update()
         write_json(out / "report.json", report)  # partial results survive a later failure
+    t0 = time.perf_counter()
     machines, fit_s = {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
@@ -72,6 +74,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         machines[m.name] = m
         fit_s[m.name] = time.perf_counter() - t0
     report["fit_seconds"] = fit_s
+    report["timings"]["fit"] = time.perf_counter() - t0
     stage_done()
 
     t0 = time.perf_counter()
@@ -86,8 +89,10 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     split = analysis.subband_errors(best_local, test[:1000], sigmas, best_local.transform_)
     report["subband_errors"] = {best_local.name: split}
     analysis.plot_subband_errors(split, out / "subbands.png", f"{best_local.name}: share of MSE per subband")
+    report["timings"]["subbands"] = time.perf_counter() - t0
     stage_done()
 
+    t0 = time.perf_counter()
     shap = {}
     for cfg in (dict(family="parent", degree=2, radius=1, bands="same"),
                 dict(family="parent", degree=2, radius=0, bands="all")):
@@ -97,6 +102,8 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         shap[m.name] = res
         analysis.plot_shapley(res, out / f"shapley_{m.name}.png", f"{m.name}: Shapley attribution")
     report["shapley"] = shap
+    report["timings"]["shapley"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
 
     # Locality against noise: translation-equivariant local machines of growing window (the
     # machine analogue of the ELS patch), chosen per sigma on held-out images, beside the ELS
@@ -122,15 +129,17 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         extra["chosen by agreement with the network"] = report["schedule_network"]
     analysis.plot_schedule(sched, locality, out / "schedule.png", mnist_patch_schedule,
                            "window chosen per sigma vs the ELS patch size", extra=extra)
-    report["timings"]["analysis"] = time.perf_counter() - t0
+    report["timings"]["schedule"] = time.perf_counter() - t0
     stage_done()
 
+    t0 = time.perf_counter()
     ind = ScoreMachine(family="independent", degree=3).fit(train, progress=False)
     report["shrinkage"] = analysis.shrinkage_curves(ind, [0.05, 0.2, 1.0])
     analysis.plot_shrinkage(report["shrinkage"], out / "shrinkage.png")
     loc = machines.get("local-r1-P1-shared") or ScoreMachine(family="local", degree=1, shared=True).fit(train, progress=False)
     report["filters"] = analysis.local_filters(loc, [0.05, 0.2, 1.0, 5.0])
     analysis.plot_filters(report["filters"], out / "filters.png")
+    report["timings"]["curves"] = time.perf_counter() - t0
     stage_done()
 
     t0 = time.perf_counter()
@@ -186,7 +195,8 @@ def _shapley_table(res: dict) -> str:
 def render_html(report: dict, out: Path) -> str:
     parts = [f"<h1>wavescore report: {html.escape(report['data'])}</h1>",
              f"<p>{report['n_train']} training images, {report['n_test']} held-out test images; "
-             f"{html.escape(report['machine'])}; total {report['timings']['total']:.0f} s.</p>",
+             f"{html.escape(report['machine'])}; total {report['timings']['total']:.0f} s "
+             "(" + ", ".join(f"{k} {v:.0f} s" for k, v in report["timings"].items() if k != "total") + ").</p>",
              "<h2>Denoising error per machine</h2>", _table(report["evaluation"]), _img(out / "mse.png", "mse"),
              "<h2>Where the error lives</h2>", _img(out / "subbands.png", "subbands"),
              "<h2>Which dependencies and moments matter (exact Shapley, % of the own-linear MSE)</h2>"]

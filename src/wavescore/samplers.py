@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from . import _checks as checks
 from ._io import WavescoreError
 
 
@@ -99,6 +100,8 @@ def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int =
     """
     if sampler not in SAMPLERS:
         raise WavescoreError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    n, steps = checks.whole("n (the number of samples)", n, 1), checks.whole("steps", steps, 1)
+    seed = checks.whole("seed", seed, 0)
     shape = tuple(shape or getattr(model, "shape_", ()) or ())
     if len(shape) != 3:
         raise WavescoreError("give the image shape (C, H, W): this model does not know it")

@@ -191,7 +191,7 @@ class WaveletTransform:
             raise WavescoreError(f"shape must be (C, H, W) with positive sizes, got {shape}")
         try:
             wav = pywt.Wavelet(wavelet)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: an empty name
             raise WavescoreError(
                 f"unknown wavelet {wavelet!r}: use an orthogonal wavelet PyWavelets knows "
                 "(haar, dbN, symN, coifN)"
