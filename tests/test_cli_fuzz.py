@@ -88,6 +88,11 @@ CASES = {
     "report n-test 0": ["report", "--data", "digits", "--n-test", "0", "-o", "rep"],
     "run n-train -1": ["run", "--data", "digits", "--n-train", "-1", "-o", "rep"],
     "data show n 0": ["data", "show", "digits", "-n", "0", "-o", "g.png"],
+    "export missing": ["export", "--model", "none.pt", "-o", "n.safetensors"],
+    "export junk": ["export", "--model", "junk.pt", "-o", "n.safetensors"],
+    "export wrong suffix": ["export", "--model", "net.pt", "-o", "n.pt"],
+    "export over its checkpoint": ["export", "--model", "net.pt", "-o", "net.pt"],
+    "export under a file": ["export", "--model", "net.pt", "-o", "afile/n.safetensors"],
     # options the chosen configuration would ignore
     "fit gates with degree": ["fit", "--data", "digits", "--family", "gaussian+gates", "--degree", "2", "-o", "new.wsm"],
     "fit gates with shared": ["fit", "--data", "digits", "--family", "gaussian+gates", "--shared", "-o", "new.wsm"],
@@ -160,6 +165,18 @@ def test_good_fit_passes_the_same_checks(work, monkeypatch, capsys):
     assert (work / "new.wsm").exists() and (work / "new.wsm.json").exists()
     for p in ("new.wsm", "new.wsm.json"):
         (work / p).unlink()
+
+
+def test_export_round_trip(work, monkeypatch, capsys, tmp_path):
+    import torch
+
+    from wavescore.networks import load_network
+
+    monkeypatch.chdir(work)
+    out = tmp_path / "net.safetensors"
+    assert main(["export", "--model", "net.pt", "-o", str(out)]) == 0
+    x = load_dataset("digits", limit=4)
+    assert torch.equal(load_network(out).denoise(x, 0.5), load_network(work / "net.pt").denoise(x, 0.5))
 
 
 def test_one_line_in_a_real_process_and_debug(tmp_path):

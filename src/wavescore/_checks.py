@@ -21,15 +21,16 @@ def whole(name: str, value, minimum: int = 1, *, optional: bool = False):
 
 
 def real(name: str, value, *, minimum: float | None = None, above: float | None = None,
-         below: float | None = None, optional: bool = False):
-    """``value`` as a finite float within the bounds (>= minimum, > above, < below)."""
+         below: float | None = None, optional: bool = False, infinite: bool = False):
+    """``value`` as a finite float (or +inf with ``infinite``) within the bounds (>= minimum,
+    > above, < below)."""
     if value is None and optional:
         return None
     try:
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if isinstance(value, bool) or not math.isfinite(v):
+    if isinstance(value, bool) or not (math.isfinite(v) or (infinite and v == math.inf)):
         raise WavescoreError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and v < minimum:
         raise WavescoreError(f"{name} must be >= {minimum:g}, got {value!r}")

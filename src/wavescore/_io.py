@@ -200,3 +200,17 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
     forced = os.environ.get("WAVESCORE_PROGRESS") == "1"
     tty = forced or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     return tqdm(iterable, disable=not (enabled and tty), **kwargs)
+
+
+def load_archive(path: str | os.PathLike, fmt: str, version: int, what: str, hint: str, build):
+    """:func:`read_archive`, then ``build(path, header, arrays, hint)``: any failure to rebuild the
+    object (a header of other types, arrays of other lengths than the configuration implies) is
+    one WavescoreError naming the file, never a traceback from deep inside the constructor."""
+    path = Path(path)
+    header, arrays = read_archive(path, fmt, version, what, hint)
+    try:
+        return build(path, header, arrays, hint)
+    except WavescoreError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise WavescoreError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {hint}") from None

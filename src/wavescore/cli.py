@@ -543,6 +543,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .networks import save_safetensors
+
+    src = Path(args.model)
+    if not src.is_file():
+        raise WavescoreError(f"--model {args.model}: no such network checkpoint (.pt)")
+    out = _output_file(args.output, [src], suffixes=(".safetensors",), also=[Path(args.output).with_suffix(".json")])
+    save_safetensors(src, out)
+    print(f"exported {src} -> {out} (weights) and {out.with_suffix('.json')} (configuration)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a network checkpoint as weights-only .safetensors plus its JSON")
+    p.add_argument("--model", required=True, help="a checkpoint written by `wavescore train` (.pt)")
+    p.add_argument("-o", "--output", required=True, help=".safetensors file; the .json is written beside it")
+    p.set_defaults(func=_cmd_export)
+
+
 # ----------------------------------------------------------------------------- report / run
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import run_report
@@ -597,7 +615,7 @@ def _all_subparsers(parser: argparse.ArgumentParser):
 
 
 # Later modules (fit, evaluate, ...) register their subcommand adders here.
-_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare, _add_train, _add_report]
+_EXTRA_COMMANDS: list = [_add_fit_evaluate, _add_sample, _add_compare, _add_train, _add_export, _add_report]
 
 
 def _one_line(text: str) -> str:

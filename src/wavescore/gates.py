@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, read_archive, write_archive
+from ._io import WavescoreError, load_archive, write_archive
 from .machine import _check_images, _checks_common, _physical_memory, iter_batches, score_images, tweedie_denoise
 from .neighbourhoods import build_groups
 from .solver import schur_solve
@@ -506,14 +506,7 @@ class GatedMachine:
     def load(cls, path) -> "GatedMachine":
         path = Path(path)
         hint = "refit it with `wavescore fit --family gaussian+gates`"
-        header, arr = read_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint)
-        try:
-            return cls._from_archive(path, header, arr, hint)
-        except WavescoreError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            # A header of other types or arrays of other lengths than the configuration implies.
-            raise WavescoreError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {hint}") from None
+        return load_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint, cls._from_archive)
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "GatedMachine":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, read_archive, write_archive
+from ._io import WavescoreError, load_archive, write_archive
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
@@ -81,7 +81,7 @@ def _checks_common(m) -> None:
     checks.wavelet(m.wavelet)
     m.levels = checks.whole("levels", m.levels, 1, optional=True)
     m.batch_size = checks.whole("batch_size", m.batch_size, 1)
-    m.max_memory = checks.real("max_memory", m.max_memory, above=0, optional=True)
+    m.max_memory = checks.real("max_memory", m.max_memory, above=0, optional=True, infinite=True)  # inf: no cap
     if hasattr(m, "device"):
         checks.device(m.device)
 
@@ -810,14 +810,7 @@ class ScoreMachine:
     def load(cls, path) -> "ScoreMachine":
         path = Path(path)
         hint = "refit it with `wavescore fit`"
-        header, arrays = read_archive(path, FORMAT, FORMAT_VERSION, "wavescore machine", hint)
-        try:
-            return cls._from_archive(path, header, arrays, hint)
-        except WavescoreError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            # A header of other types or arrays of other lengths than the configuration implies.
-            raise WavescoreError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {hint}") from None
+        return load_archive(path, FORMAT, FORMAT_VERSION, "wavescore machine", hint, cls._from_archive)
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arrays: dict, hint: str) -> "ScoreMachine":
