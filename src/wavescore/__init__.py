@@ -17,6 +17,7 @@ _LAZY = {
     "GatedMachine": "gates",
     "MomentAccumulator": "moments",
     "sample": "samplers",
+    "Denoiser": "denoiser",
 }
 
 __all__ = ["WavescoreError", *_LAZY]

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .denoiser import Denoiser
 from .evaluation import noise_for
 
 GROUPS = ("orientation", "neighbour", "parent", "nonlinear")
@@ -238,7 +239,7 @@ def plot_filters(res: dict, path) -> None:
 
 
 # ------------------------------------------------------------------------------ scheduling
-class ScheduledMachine:
+class ScheduledMachine(Denoiser):
     """A sigma-scheduled machine: at each sigma, the candidate chosen on held-out data.
 
     ``choice`` maps grid sigmas to candidate names; ``denoise(x, s)`` uses the choice at the

@@ -6,8 +6,9 @@ data (running max ``m``, running normaliser ``z``, running weighted sum ``acc``,
 by ``exp(m_old - m_new)`` when the max grows). Memory is O(queries x chunk) whatever the
 training-set size, and the result does not depend on the chunk size (up to rounding).
 
-Both expose ``denoise(x, sigma)`` (x (N, C, H, W); sigma a float or an (N,) tensor; returns
-x's shape and dtype) and ``shape_`` (C, H, W), the interface the samplers use.
+Both are :class:`wavescore.denoiser.Denoiser` s: ``denoise(x, sigma)`` (x (N, C, H, W); sigma a
+float or an (N,) tensor; returns x's shape and dtype), ``score`` by Tweedie, ``model(x, sigma)``
+and ``shape_`` (C, H, W), the interface the samplers use.
 """
 from __future__ import annotations
 
@@ -19,31 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from ._io import WavescoreError
-from .machine import _check_images
+from .denoiser import Denoiser, check_images, check_sigma
 
 __all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule"]
 
 
 # ---------------------------------------------------------------------------------- helpers
 def _as_images(x, what: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    _check_images(x, what)
+    x = check_images(x, what, finite=True)
     if x.shape[0] == 0:
         raise WavescoreError(f"{what}: no images (N = 0)")
-    if not torch.isfinite(x).all():
-        raise WavescoreError(f"{what}: the images contain NaN or inf")
     return x
-
-
-def _sigmas(sigma, n: int) -> torch.Tensor:
-    """sigma as a float64 (n,) tensor, validated."""
-    s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-    if s.numel() not in (1, n):
-        raise WavescoreError(f"sigma must be a float or have one value per image ({n}), got {s.numel()} values")
-    if not (torch.isfinite(s).all() and (s > 0).all()):
-        raise WavescoreError("sigma must be finite and > 0 (at sigma = 0 the denoiser is the identity)")
-    return s.expand(n).clone() if s.numel() == 1 else s
 
 
 def _check_chunk(chunk_size) -> int:
@@ -84,7 +71,7 @@ def _streaming_softmax_mean(queries: torch.Tensor, inv_s2: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------- empirical
-class EmpiricalDenoiser:
+class EmpiricalDenoiser(Denoiser):
     """The optimal denoiser for the training set as a sum of Diracs (method.md §6).
 
     D(x, s) = sum_n x_n softmax_n(-||x - x_n||^2 / (2 s^2)). It memorises: at small s a
@@ -127,7 +114,7 @@ class EmpiricalDenoiser:
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Posterior mean E[x_0 | x_s = x] under the training set (method.md §6)."""
         x = self._check(x)
-        sig = _sigmas(sigma, x.shape[0])
+        sig = check_sigma(sigma, x.shape[0])
         flat = x.detach().cpu().reshape(x.shape[0], -1).to(torch.float64)
         out = torch.empty_like(flat)
         for s in range(0, flat.shape[0], self.batch_size):
@@ -135,12 +122,6 @@ class EmpiricalDenoiser:
             inv_s2 = 1.0 / sig[s : s + self.batch_size] ** 2
             out[s : s + self.batch_size] = _streaming_softmax_mean(q, inv_s2, self._chunks()).to(torch.float64)
         return (out + self._mean).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Tweedie (method.md §1): score = (D(x, s) - x) / s^2."""
-        sig = _sigmas(sigma, x.shape[0]).reshape(-1, 1, 1, 1)
-        d = self.denoise(x, sigma).to(torch.float64)
-        return ((d - x.to(torch.float64)) / sig**2).to(x.dtype)
 
     def nearest(self, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (N, k) int64 and Euclidean distances (N, k) float64 of the k nearest training images.
@@ -193,7 +174,7 @@ def mnist_patch_schedule(sigma: float) -> int:
     return _MNIST_SCHEDULE[-1][1]  # pragma: no cover
 
 
-class ELSDenoiser:
+class ELSDenoiser(Denoiser):
     """The equivariant local score (ELS) machine of Kamb & Ganguli (2025), method.md §6.
 
     Each output pixel p is the posterior mean of the centre pixel of its P x P neighbourhood,
@@ -293,7 +274,7 @@ class ELSDenoiser:
         if tuple(x.shape[1:]) != self.shape_:
             raise WavescoreError(f"this denoiser holds images of shape {self.shape_}, got {tuple(x.shape[1:])}")
         n, c, h, w = x.shape
-        sig = _sigmas(sigma, n)
+        sig = check_sigma(sigma, n)
         # The schedule is called once per distinct sigma.
         by_sigma = {v: self.patch_size_for(v) for v in set(sig.tolist())}
         sizes = torch.tensor([by_sigma[v] for v in sig.tolist()])
@@ -311,8 +292,3 @@ class ELSDenoiser:
                 out[sel] = res.to(torch.float64).reshape(sel.numel(), h * w, c)
         return out.transpose(1, 2).reshape(n, c, h, w).to(device=x.device, dtype=x.dtype)
 
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Tweedie (method.md §1): score = (D(x, s) - x) / s^2."""
-        sig = _sigmas(sigma, x.shape[0]).reshape(-1, 1, 1, 1)
-        d = self.denoise(x, sigma).to(torch.float64)
-        return ((d - x.to(torch.float64)) / sig**2).to(x.dtype)

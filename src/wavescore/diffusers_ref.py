@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ._io import WavescoreError
+from .denoiser import Denoiser, check_images, check_sigma
 
 __all__ = ["DiffusersDenoiser", "load_diffusers", "alphas_cumprod_from_config", "PREDICTION_TYPES",
            "BETA_SCHEDULES"]
@@ -101,7 +102,7 @@ def alphas_cumprod_from_config(cfg: dict, where: str = "scheduler config") -> np
     return np.cumprod(1.0 - betas)
 
 
-class DiffusersDenoiser:
+class DiffusersDenoiser(Denoiser):
     """A diffusers VP U-Net (``unet(x_VP, t).sample``) as a VE denoiser ``denoise(x, sigma)``.
 
     Given x = x0 + sigma * noise (N, C, H, W) and sigma (one value or one per image):
@@ -166,23 +167,12 @@ class DiffusersDenoiser:
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma, batch_size: int = 256) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise WavescoreError(f"expected images as a float tensor (N, C, H, W), got "
-                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        check_images(x)
         if self.shape_ is not None and tuple(x.shape[1:]) != self.shape_:
             raise WavescoreError(f"this diffusers model takes images of shape {self.shape_}, got {tuple(x.shape[1:])}")
         if x.shape[1] != self.channels:
             raise WavescoreError(f"this diffusers model takes {self.channels} channels, got {x.shape[1]}")
-        try:
-            sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-        except (TypeError, ValueError, RuntimeError):
-            raise WavescoreError(f"sigma must be a number or one number per image, "
-                                 f"got {type(sigma).__name__}") from None
-        if sig.numel() not in (1, x.shape[0]):
-            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
-        if not (torch.isfinite(sig).all() and (sig > 0).all()):
-            raise WavescoreError("sigma must be finite and > 0")
-        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+        sig = check_sigma(sigma, x.shape[0])
         t = torch.from_numpy(self.timestep(sig.numpy()))
         abar = 1.0 / (1.0 + sig**2)
         root = abar.sqrt()               # sqrt(abar)
@@ -211,7 +201,6 @@ class DiffusersDenoiser:
             self.unet.train(was_training)
         return torch.cat(outs).to(device=x.device, dtype=x.dtype)
 
-    __call__ = denoise
 
 
 def _read_json(path: Path, what: str) -> dict:

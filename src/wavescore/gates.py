@@ -27,7 +27,8 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
-from .machine import _check_images, _checks_common, _physical_memory, iter_batches, score_images, tweedie_denoise
+from .denoiser import Denoiser, check_images
+from .machine import _checks_common, _physical_memory, iter_batches, score_images
 from .neighbourhoods import build_groups
 from .solver import schur_solve
 from .transform import WaveletTransform
@@ -64,7 +65,7 @@ def _log_e0(xsq: torch.Tensor, kappa: torch.Tensor, s2: float) -> torch.Tensor:
     return -0.5 * torch.log(d) - kappa * xsq / (2.0 * d)
 
 
-class GatedMachine:
+class GatedMachine(Denoiser):
     """Gaussian score plus own and neighbourhood-energy gates, jointly optimal per sigma.
 
     Parameters
@@ -164,7 +165,7 @@ class GatedMachine:
     def _setup(self, reference: torch.Tensor) -> None:
         """Structure for images like ``reference`` and the gate centres from it (shards of a
         distributed fit all take them from the same reference batch)."""
-        _check_images(reference)
+        check_images(reference)
         shape = tuple(int(s) for s in reference.shape[1:])
         self._check_memory(shape)
         self._structure(shape)
@@ -487,10 +488,6 @@ class GatedMachine:
         """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
         self._require_fitted()
         return score_images(self, x, sigma, "cpu")
-
-    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
-        return tweedie_denoise(self, x, sigma)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

@@ -18,6 +18,7 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
+from .denoiser import Denoiser, check_images, check_sigma
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
@@ -50,7 +51,7 @@ def iter_batches(data, batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
-        _check_images(data)
+        check_images(data)
         for s in range(0, data.shape[0], batch_size):
             yield data[s : s + batch_size]
         return
@@ -59,19 +60,8 @@ def iter_batches(data, batch_size: int) -> Iterable[torch.Tensor]:
             item = item[0]
         if isinstance(item, np.ndarray):
             item = torch.from_numpy(item)
-        _check_images(item)
+        check_images(item)
         yield item
-
-
-def _check_images(x, what: str = "images") -> None:
-    """The one structural check of image batches (machines, baselines): a float (N, C, H, W) tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise WavescoreError(f"{what}: expected a torch tensor (N, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = "; add a channel axis with x[:, None]" if x.dim() == 3 else ""
-        raise WavescoreError(f"{what}: expected shape (N, C, H, W), got {tuple(x.shape)}{hint}")
-    if not x.is_floating_point():
-        raise WavescoreError(f"{what}: expected float images scaled to [-1, 1], got dtype {x.dtype}")
 
 
 def _checks_common(m) -> None:
@@ -90,28 +80,16 @@ def score_images(model, x: torch.Tensor, sigma, device) -> torch.Tensor:
     """The image-domain score of a fitted wavelet-domain model (``transform_``, ``shape_``,
     ``wavelet_score``): checks the input, one ``wavelet_score`` on ``device`` per distinct
     sigma; float64 on x's device. The orthonormal inverse maps the wavelet score back."""
-    _check_images(x)
+    check_images(x, finite=True)
     if tuple(x.shape[1:]) != model.shape_:
         raise WavescoreError(f"this machine was fitted on images of shape {model.shape_}, got {tuple(x.shape[1:])}")
-    sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-    if sig.numel() not in (1, x.shape[0]):
-        raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
-    if not torch.isfinite(x).all():
-        raise WavescoreError("the input images contain NaN or inf")
+    sig = check_sigma(sigma, x.shape[0])
     out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
-    sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
     for value in torch.unique(sig):
         sel = (sig == value).to(x.device)
         w = model.transform_.forward(x[sel].to(device=device, dtype=torch.float64))
         out[sel] = model.transform_.inverse(model.wavelet_score(w, float(value))).to(x.device)
     return out
-
-
-def tweedie_denoise(model, x: torch.Tensor, sigma) -> torch.Tensor:
-    """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1), in x's dtype."""
-    s = torch.as_tensor(sigma, dtype=torch.float64).detach().flatten().to(x.device)
-    s2 = (s**2).reshape(-1, 1, 1, 1) if s.numel() > 1 else float(s[0]) ** 2
-    return (x.to(torch.float64) + s2 * model.score(x, sigma).to(torch.float64)).to(x.dtype)
 
 
 def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -121,7 +99,7 @@ def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return (phi * theta).sum(-1)
 
 
-class ScoreMachine:
+class ScoreMachine(Denoiser):
     """A wavelet score machine (method.md §3).
 
     Parameters
@@ -499,7 +477,7 @@ class ScoreMachine:
         """An empty accumulator for images like ``reference``, standardised by its band statistics.
 
         Shards of a distributed fit must all start from the same reference batch."""
-        _check_images(reference)
+        check_images(reference)
         shape = tuple(int(s) for s in reference.shape[1:])
         self._check_memory(shape)
         self.shape_ = shape
@@ -779,10 +757,6 @@ class ScoreMachine:
         for key in ("_mix", "_variants"):
             if hasattr(self, key):
                 setattr(self, key, None if key == "_mix" else {})
-
-    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Tweedie: D(x, sigma) = x + sigma^2 score(x, sigma) (method.md §1)."""
-        return tweedie_denoise(self, x, sigma)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

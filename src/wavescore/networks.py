@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .denoiser import check_images, check_sigma, tweedie_score
 from ._io import WavescoreError, atomic_path, sha256_file, write_json
 
 __all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "save_safetensors", "ARCHITECTURES"]
@@ -221,24 +222,27 @@ class EDMDenoiser(nn.Module):
         return c_skip, c_out, c_in, c_noise
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
+        """D(x, sigma), differentiable: ``model(x, sigma)`` (the k-diffusion convention). The
+        network runs in its parameters' dtype; the result comes back in x's."""
+        dtype = next(self.parameters(), x).dtype
+        xin = x.to(dtype)
+        sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).flatten()
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         b = lambda c: c.reshape(-1, 1, 1, 1)  # noqa: E731
-        return b(c_skip) * x + b(c_out) * self.net(b(c_in) * x, c_noise)
+        return (b(c_skip) * xin + b(c_out) * self.net(b(c_in) * xin, c_noise)).to(x.dtype)
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Tweedie (method.md §1) from :meth:`denoise`. (``self(x, sigma)`` is ``forward``: the same
+        denoiser, differentiable, for training.)"""
+        return tweedie_score(self, x, sigma)
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma, batch_size: int = 256) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise WavescoreError(f"expected images as a tensor (N, C, H, W), got {getattr(x, 'shape', type(x))}")
+        check_images(x)
         if self.shape_ is not None and tuple(x.shape[1:]) != self.shape_:
             raise WavescoreError(f"this network was trained on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
-        sig = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten()
-        if sig.numel() not in (1, x.shape[0]):
-            raise WavescoreError(f"sigma must be a float or have one value per image ({x.shape[0]}), got {sig.numel()}")
-        if not (torch.isfinite(sig).all() and (sig > 0).all()):
-            raise WavescoreError("sigma must be finite and > 0")
-        sig = sig.expand(x.shape[0]) if sig.numel() == 1 else sig
+        sig = check_sigma(sigma, x.shape[0])
         device = next(self.parameters(), torch.empty(0)).device  # a parameter-free net runs on the CPU
         was_training = self.training
         self.eval()
