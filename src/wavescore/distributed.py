@@ -43,48 +43,33 @@ def _load_shard(spec, split: str) -> torch.Tensor:
     return load_dataset(spec, split)
 
 
-def _shard_moments(spec, params: dict, shape: tuple, shift: torch.Tensor, scale: torch.Tensor, split: str):
-    """Worker task: one shard's accumulator (its moment sums and count)."""
-    from .machine import ScoreMachine, iter_batches
+def _shard_sums(spec, cls, params: dict, state: dict, split: str):
+    """Worker task: one shard's moment sums, from a machine built for shards (any machine class)."""
+    from .fitting import iter_batches
 
-    m = ScoreMachine(**params)
-    transform = m._structure(shape)[0]
-    acc = m._accumulator(shape, shift, scale)
+    m = cls.for_shard(params, state)
     x = _load_shard(spec, split)
-    if tuple(x.shape[1:]) != tuple(shape):
-        raise WavescoreError(f"shard {spec!r} has images {tuple(x.shape[1:])}, the others {tuple(shape)}: "
+    if tuple(x.shape[1:]) != tuple(state["shape"]):
+        raise WavescoreError(f"shard {spec!r} has images {tuple(x.shape[1:])}, the others {tuple(state['shape'])}: "
                              "every shard must share one image shape")
-    for batch in iter_batches(x, m.batch_size):
-        acc.update(transform.forward(batch.to(torch.float64)))
-    return acc
-
-
-def _shard_gated_sums(spec, params: dict, shape: tuple, centre: torch.Tensor, split: str) -> dict:
-    """Worker task for a GatedMachine: one shard's exact gate sums at every grid sigma."""
-    from .gates import GatedMachine
-    from .machine import iter_batches
-
-    m = GatedMachine(**params)
-    m._structure(shape)
-    m.centre_ = centre
-    return m.shard_sums(iter_batches(_load_shard(spec, split), m.batch_size))
+    return m.shard_sums(iter_batches(x, m.batch_size))
 
 
 def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | None = None, scheduler: str | None = None,
                     split: str = "train", progress: bool = True):
-    """Fit ``machine`` (a ScoreMachine or a GatedMachine with select=False) over ``shards`` on
-    a Dask cluster and return it (fitted).
+    """Fit ``machine`` over ``shards`` on a Dask cluster and return it (fitted).
 
+    Any machine with the sums protocol (``begin``, ``shard_state``, ``for_shard``,
+    ``shard_sums``, ``merge_sums``, ``set_sums``: ScoreMachine, GatedMachine). A held-out
+    choice needs a held-out split, which a cluster fit does not make: give ``select=False``.
     Give an existing ``client``, a ``scheduler`` address, or ``workers`` for a local cluster.
     """
-    from .gates import GatedMachine
-
-    gated = isinstance(machine, GatedMachine)
-    if gated and machine.select:
-        raise WavescoreError("a distributed GatedMachine fit cannot hold images out for select=True: "
-                             "use GatedMachine(select=False) (the gated solution at every grid sigma)")
     import time
 
+    if getattr(machine, "select", False):
+        raise WavescoreError(f"a distributed fit of {type(machine).__name__} cannot hold images out for "
+                             "select=True: give select=False (a GatedMachine then keeps the gated solution "
+                             "at every grid sigma)")
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:  # pragma: no cover
@@ -92,12 +77,8 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
     if not shards:
         raise WavescoreError("no shards to fit: give at least one data source")
     t0 = time.perf_counter()
-    reference = _load_shard(shards[0], split)[: machine.batch_size]
-    if gated:
-        machine._setup(reference)
-        acc = machine._empty_sums()
-    else:
-        acc = machine.new_accumulator(reference)
+    sums = machine.begin(_load_shard(shards[0], split)[: machine.batch_size])
+    state = machine.shard_state(sums)
     own_cluster = None
     if client is None:
         if scheduler:
@@ -107,23 +88,16 @@ def fit_distributed(machine, shards: Sequence, *, client=None, workers: int | No
                                        dashboard_address=None)
             client = Client(own_cluster)
     try:
-        if gated:
-            futures = client.map(_shard_gated_sums, list(shards), params=machine.get_params(), shape=machine.shape_,
-                                 centre=machine.centre_, split=split, pure=False)
-        else:
-            futures = client.map(_shard_moments, list(shards), params=machine.get_params(), shape=machine.shape_,
-                                 shift=acc.shift, scale=acc.scale, split=split, pure=False)
+        futures = client.map(_shard_sums, list(shards), cls=type(machine), params=machine.get_params(),
+                             state=state, split=split, pure=False)
         from ._io import progress_bar
 
         for fut in progress_bar(as_completed(futures), total=len(futures), desc="shards", enabled=progress, leave=False):
-            acc = machine.merge_sums(acc, fut.result()) if gated else acc.merge(fut.result())
+            sums = machine.merge_sums(sums, fut.result())
     finally:
         if own_cluster is not None:
             client.close()
             own_cluster.close()
-    if gated:
-        machine.set_sums(acc)
-    else:
-        machine.set_moments(acc)
+    machine.set_sums(sums)
     machine.fit_time_ = time.perf_counter() - t0
     return machine

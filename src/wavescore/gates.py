@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
 from .denoiser import Denoiser, check_images
-from .machine import _checks_common, _physical_memory, iter_batches, score_images
+from .fitting import stream_fit
+from .machine import _checks_common, _physical_memory, score_images
 from .neighbourhoods import build_groups
 from .solver import schur_solve
 from .transform import WaveletTransform
@@ -37,7 +37,6 @@ FORMAT = "wavescore-gated-machine"
 FORMAT_VERSION = 1
 SIGMA_GRID = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 SELECT_RIDGES = (1e-6, 1e-3)
-SELECT_IMAGES = 3000
 MIN_OPEN = 20.0
 
 
@@ -177,6 +176,39 @@ class GatedMachine(Denoiser):
         self.transform_ = WaveletTransform(self.shape_, self.wavelet, self.levels)
         self._neighbourhoods()
 
+    # ------------------------------------------------------------------ sums (the map-reduce protocol, see machine.py)
+    def begin(self, reference: torch.Tensor) -> dict:
+        """Empty sums with the structure and the gate centres fixed by ``reference``."""
+        self._setup(reference)
+        return self._empty_sums()
+
+    def empty_sums(self, sums: dict | None = None) -> dict:
+        return self._empty_sums()
+
+    def coefficients(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.transform_.forward(batch.to(torch.float64).cpu())
+
+    def update_sums(self, sums: dict, w: torch.Tensor) -> None:
+        self._update(sums, w)
+
+    @staticmethod
+    def sums_count(sums: dict) -> int:
+        return sums["count"]
+
+    def choose(self, sums: dict, x: torch.Tensor, w: torch.Tensor, *, progress: bool = True) -> dict:
+        """The held-out choice on coefficients ``w`` (of images ``x``), with ``sums`` fitted on the rest."""
+        return self._choose(sums, w, progress)
+
+    def shard_state(self, sums: dict) -> dict:
+        return {"shape": self.shape_, "centre": self.centre_}
+
+    @classmethod
+    def for_shard(cls, params: dict, state: dict) -> "GatedMachine":
+        m = cls(**params)
+        m._structure(tuple(state["shape"]))
+        m.centre_ = state["centre"]
+        return m
+
     def shard_sums(self, batches) -> dict:
         """One shard's moment sums (a worker's task in a distributed fit); needs ``_setup`` or
         ``centre_`` and the structure of the reference."""
@@ -185,7 +217,7 @@ class GatedMachine(Denoiser):
             if tuple(batch.shape[1:]) != self.shape_:
                 raise WavescoreError(f"shard images {tuple(batch.shape[1:])}, the others {self.shape_}: "
                                      "every shard must share one image shape")
-            self._update(sums, self.transform_.forward(batch.to(torch.float64).cpu()))
+            self.update_sums(sums, self.coefficients(batch))
         return sums
 
     def set_sums(self, sums: dict, choice: dict | None = None) -> "GatedMachine":
@@ -280,39 +312,8 @@ class GatedMachine(Denoiser):
 
     # ------------------------------------------------------------------ fit
     def fit(self, data, *, progress: bool = True) -> "GatedMachine":
-        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
-        from ._io import progress_bar
-
-        self._validate()
-        t0 = time.perf_counter()
-        total = -(-len(data) // self.batch_size) if isinstance(data, (torch.Tensor, np.ndarray)) else None
-        sums = held = None
-        held_x: list = []
-        for batch in progress_bar(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}", unit="batch",
-                          enabled=progress, leave=False):
-            if sums is None:
-                self._setup(batch)
-                sums, held = self._empty_sums(), self._empty_sums()
-            elif tuple(batch.shape[1:]) != self.shape_:
-                raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
-            w = self.transform_.forward(batch.to(torch.float64).cpu())
-            h = int(round(self.holdout * batch.shape[0])) if self.select else 0
-            if h:
-                self._update(held, w[:h])
-                if sum(len(v) for v in held_x) < SELECT_IMAGES:
-                    held_x.append(w[:h])
-            self._update(sums, w[h:])
-        if sums is None:
-            raise WavescoreError("no images to fit: the data is empty")
-        choice = None
-        if self.select:
-            if not held_x or sums["count"] < 2:
-                raise WavescoreError("select=True needs more images: the held-out split is empty")
-            choice = self._choose(sums, torch.cat(held_x)[:SELECT_IMAGES], progress)
-            sums = self.merge_sums(sums, held)
-        self.set_sums(sums, choice)
-        self.fit_time_ = time.perf_counter() - t0
-        return self
+        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches): fitting.stream_fit."""
+        return stream_fit(self, data, progress=progress)
 
     # ------------------------------------------------------------------ closed form
     def _gaussian_basis(self, sums: dict):

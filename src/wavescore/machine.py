@@ -8,10 +8,8 @@ returns self, fitted state ends in ``_`` and ``save``/``load`` round-trip it exa
 from __future__ import annotations
 
 import os
-import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
 from .denoiser import Denoiser, check_images, check_sigma
+from .fitting import stream_fit
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
@@ -34,9 +33,6 @@ MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "l
 # the ridge with the lowest held-out denoising error; other sigmas use the nearest grid point.
 SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
 SELECT_RIDGES = (1e-6, 1e-3)
-# Held-out images scored per candidate (paired noise). Fewer (600) let single unusual digits,
-# where degree-3 terms err most, flip the choice between near-equal candidates on MNIST.
-SELECT_IMAGES = 3000
 
 
 def _physical_memory() -> int:
@@ -44,24 +40,6 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         return 16 << 30
-
-
-def iter_batches(data, batch_size: int) -> Iterable[torch.Tensor]:
-    """A tensor (N, C, H, W) in slices, or an iterable of such tensors (or of (x, label) pairs)."""
-    if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
-    if isinstance(data, torch.Tensor):
-        check_images(data)
-        for s in range(0, data.shape[0], batch_size):
-            yield data[s : s + batch_size]
-        return
-    for item in data:
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        if isinstance(item, np.ndarray):
-            item = torch.from_numpy(item)
-        check_images(item)
-        yield item
 
 
 def _checks_common(m) -> None:
@@ -378,46 +356,8 @@ class ScoreMachine(Denoiser):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data, *, progress: bool = True) -> "ScoreMachine":
-        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches)."""
-        from ._io import progress_bar
-
-        self._validate()
-        t0 = time.perf_counter()
-        total = None
-        if isinstance(data, (torch.Tensor, np.ndarray)):
-            total = -(-len(data) // self.batch_size)
-        acc = held = None
-        held_x: list = []
-        bar = progress_bar(iter_batches(data, self.batch_size), total=total, desc=f"fit {self.name}",
-                   unit="batch", enabled=progress, leave=False)
-        for batch in bar:
-            if acc is None:
-                acc = self.new_accumulator(batch)
-                held = acc.empty_like()
-            elif tuple(batch.shape[1:]) != self.shape_:
-                raise WavescoreError(f"all batches must have shape (N, {self.shape_}), got {tuple(batch.shape)}")
-            w = self.transform_.forward(batch.to(device=self.device, dtype=torch.float64))
-            h = int(round(self.holdout * batch.shape[0])) if self.select else 0
-            if h:
-                # The first rows of every batch are held out: a split that needs no second pass.
-                held.update(w[:h])
-                if sum(len(x) for x in held_x) < SELECT_IMAGES:
-                    held_x.append(batch[:h].to(torch.float64))
-            acc.update(w[h:])
-        if acc is None:
-            raise WavescoreError("no images to fit: the data is empty")
-        choice = None
-        if self.select:
-            if not held_x or acc.count < 2:
-                raise WavescoreError("select=True needs more images: the held-out split is empty; "
-                                     "fit on more data or raise holdout")
-            self.set_moments(acc)
-            choice = self._choose(torch.cat(held_x)[:SELECT_IMAGES], progress=progress)
-            acc = acc.merge(held)
-        self.set_moments(acc)
-        self.choice_ = choice
-        self.fit_time_ = time.perf_counter() - t0
-        return self
+        """One pass over ``data`` ((N, C, H, W) tensor or an iterable of batches): fitting.stream_fit."""
+        return stream_fit(self, data, progress=progress)
 
     def _max_degree(self) -> int:
         return max(int(f.exps.sum(1).max()) for f in self.moments_.features)
@@ -487,6 +427,68 @@ class ScoreMachine(Denoiser):
         shift, scale = band_standardisation(self.transform_.layout,
                                             self.transform_.forward(reference.detach().cpu().to(torch.float64)))
         return self._accumulator(shape, shift.to(self.device), scale.to(self.device))
+
+    # ------------------------------------------------------------------ sums (the map-reduce protocol)
+    # Every machine class offers these five, so a distributed fit (distributed.py) never asks
+    # which class it has: begin on a reference batch, ship ``shard_state`` to the workers, each
+    # worker's ``for_shard`` machine returns ``shard_sums``, ``merge_sums`` adds them exactly and
+    # ``set_sums`` solves.
+    def begin(self, reference: torch.Tensor) -> MomentAccumulator:
+        """Empty sums with the structure and standardisation fixed by ``reference``."""
+        return self.new_accumulator(reference)
+
+    def empty_sums(self, sums: MomentAccumulator) -> MomentAccumulator:
+        return sums.empty_like()
+
+    def coefficients(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.transform_.forward(batch.to(device=self.device, dtype=torch.float64))
+
+    @staticmethod
+    def update_sums(sums: MomentAccumulator, w: torch.Tensor) -> None:
+        sums.update(w)
+
+    @staticmethod
+    def sums_count(sums: MomentAccumulator) -> int:
+        return sums.count
+
+    def choose(self, sums: MomentAccumulator, x: torch.Tensor, w: torch.Tensor, *, progress: bool = True) -> dict:
+        """The held-out choice on images ``x`` (their coefficients ``w``), with ``sums`` fitted on the rest."""
+        self.set_moments(sums)
+        return self._choose(x, progress=progress)
+
+    def shard_state(self, sums: MomentAccumulator) -> dict:
+        """What a worker needs besides the parameters: the shape and the shared standardisation."""
+        return {"shape": self.shape_, "shift": sums.shift.cpu(), "scale": sums.scale.cpu()}
+
+    @classmethod
+    def for_shard(cls, params: dict, state: dict) -> "ScoreMachine":
+        m = cls(**params)
+        m.shape_ = tuple(state["shape"])
+        m.transform_ = m._structure(m.shape_)[0]
+        m._shard_state = state
+        return m
+
+    def shard_sums(self, batches) -> MomentAccumulator:
+        """One shard's moment sums (a worker's task)."""
+        st = self._shard_state
+        acc = self._accumulator(self.shape_, st["shift"].to(self.device), st["scale"].to(self.device))
+        for batch in batches:
+            if tuple(batch.shape[1:]) != self.shape_:
+                raise WavescoreError(f"shard images {tuple(batch.shape[1:])}, the others {self.shape_}: "
+                                     "every shard must share one image shape")
+            self.update_sums(acc, self.coefficients(batch))
+        return acc
+
+    @staticmethod
+    def merge_sums(a: MomentAccumulator, b: MomentAccumulator) -> MomentAccumulator:
+        """Moments are sums (method.md §5): two shards' add exactly."""
+        return a.merge(b)
+
+    def set_sums(self, sums: MomentAccumulator, choice: dict | None = None) -> "ScoreMachine":
+        """Adopt accumulated (e.g. merged) sums and the held-out choice: the machine is then fitted."""
+        self.set_moments(sums)
+        self.choice_ = choice
+        return self
 
     def set_moments(self, acc: MomentAccumulator) -> "ScoreMachine":
         """Adopt accumulated moments (e.g. merged shards): the machine is then fitted."""
