@@ -169,30 +169,3 @@ def test_damaged_machine_files_give_one_line(tmp_path, digits, damage):
         ScoreMachine.load(tmp_path / "bad.wsm")
     assert "\n" not in str(info.value) and "bad.wsm" in str(info.value)
 
-
-# ------------------------------------------------------------------ the Denoiser contract
-def test_every_model_is_a_callable_denoiser_with_tweedie(digits, tmp_path):
-    """model(x, s) is model.denoise(x, s), and score and denoise agree by Tweedie, for machines,
-    the gated machine, the empirical optimum, ELS and a network."""
-    from wavescore import GatedMachine
-    from wavescore.baselines import ELSDenoiser, EmpiricalDenoiser
-    from wavescore.denoiser import Denoiser
-    from wavescore.networks import train
-
-    tr, te = digits
-    x = te[:6].double() + 0.3 * torch.randn(te[:6].shape, generator=torch.Generator().manual_seed(1),
-                                            dtype=torch.float64)
-    net = train("cnn", tr[:64], epochs=1, out=tmp_path / "n.pt", batch_size=32, progress=False,
-                arch_kwargs={"width": 8, "depth": 2})
-    models = [ScoreMachine(family="local", degree=2).fit(tr, progress=False),
-              GatedMachine(select=False, batch_size=500).fit(tr, progress=False),
-              EmpiricalDenoiser(tr[:200]), ELSDenoiser(tr[:50]), net]
-    for m in models:
-        assert isinstance(m, (Denoiser, torch.nn.Module)) and m.shape_ == (1, 8, 8)
-        d = m.denoise(x, 0.3)
-        assert torch.equal(m(x, 0.3).detach(), d) or torch.allclose(m(x, 0.3).detach(), d, atol=1e-6)
-        assert torch.allclose(x + 0.3**2 * m.score(x, 0.3), d, atol=1e-6)
-        with pytest.raises(WavescoreError, match="sigma"):
-            m.denoise(x, float("nan"))
-        with pytest.raises(WavescoreError, match="one value per image"):
-            m.denoise(x, torch.ones(2))

@@ -10,6 +10,7 @@ the machine solves (``set_sums``). A machine class takes part by offering the su
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -75,3 +76,51 @@ def stream_fit(machine, data, *, progress: bool = True):
     machine.set_sums(sums, choice)
     machine.fit_time_ = time.perf_counter() - t0
     return machine
+
+
+class Estimator:
+    """scikit-learn's conventions, written once for every machine class: the constructor's
+    arguments are the configuration (``get_params``/``set_params``/``repr`` read them from its
+    signature), ``fit`` returns self and fitted state ends in ``_``."""
+
+    # Settings that change how a fitted machine computes, not what it has fitted.
+    _RUNTIME_PARAMS = frozenset({"device", "batch_size", "max_memory"})
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in skip]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        """Change the configuration (validated at once). A fitted machine takes only the
+        runtime settings (device, batch_size, max_memory); anything else needs a new fit."""
+        names = self._param_names()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise WavescoreError(f"{type(self).__name__} has no parameter {', '.join(unknown)}: "
+                                 f"choose among {', '.join(names)}")
+        fitted = [k for k, v in params.items() if k not in self._RUNTIME_PARAMS and v != getattr(self, k)]
+        if fitted and hasattr(self, "n_samples_"):
+            raise WavescoreError(f"this {type(self).__name__} is fitted: changing {', '.join(fitted)} needs a new "
+                                 f"fit; make one with {type(self).__name__}(**{{**m.get_params(), ...}})")
+        old = self.get_params()
+        for k, v in params.items():
+            setattr(self, k, v)
+        try:
+            self._validate()
+        except WavescoreError:
+            for k, v in old.items():
+                setattr(self, k, v)
+            raise
+        if "device" in params and hasattr(self, "to"):
+            self.to(self.device)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__).parameters
+        args = [f"{k}={v!r}" for k, v in self.get_params().items() if v != sig[k].default]
+        return f"{type(self).__name__}({', '.join(args)})"

@@ -27,7 +27,7 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
 from .denoiser import Denoiser, check_images
-from .fitting import stream_fit
+from .fitting import Estimator, stream_fit
 from .machine import _checks_common, _physical_memory, score_images
 from .neighbourhoods import build_groups
 from .solver import schur_solve
@@ -64,7 +64,7 @@ def _log_e0(xsq: torch.Tensor, kappa: torch.Tensor, s2: float) -> torch.Tensor:
     return -0.5 * torch.log(d) - kappa * xsq / (2.0 * d)
 
 
-class GatedMachine(Denoiser):
+class GatedMachine(Estimator, Denoiser):
     """Gaussian score plus own and neighbourhood-energy gates, jointly optimal per sigma.
 
     Parameters
@@ -117,10 +117,6 @@ class GatedMachine(Denoiser):
         if self.select and not 0 < checks.real("holdout", self.holdout) < 0.5:
             raise WavescoreError(f"holdout must be in (0, 0.5) with select=True, got {self.holdout}")
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("scales", "energy_scales", "radius", "bands", "sigmas", "wavelet",
-                                              "levels", "ridge", "select", "holdout", "batch_size", "max_memory")}
-
     @property
     def name(self) -> str:
         parts = []
@@ -129,9 +125,6 @@ class GatedMachine(Denoiser):
         if self.energy_scales:
             parts.append(f"energy-r{self.radius} " + ",".join(f"{c:g}" for c in self.energy_scales))
         return f"gaussian+gates({'; '.join(parts)})"
-
-    def __repr__(self) -> str:
-        return f"GatedMachine({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
     @property
     def G(self) -> int:

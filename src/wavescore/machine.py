@@ -17,7 +17,7 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, load_archive, write_archive
 from .denoiser import Denoiser, check_images, check_sigma
-from .fitting import stream_fit
+from .fitting import Estimator, stream_fit
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
@@ -77,7 +77,7 @@ def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return (phi * theta).sum(-1)
 
 
-class ScoreMachine(Denoiser):
+class ScoreMachine(Estimator, Denoiser):
     """A wavelet score machine (method.md §3).
 
     Parameters
@@ -152,16 +152,6 @@ class ScoreMachine(Denoiser):
         if self.select and not 0 < checks.real("holdout", self.holdout) < 0.5:
             raise WavescoreError(f"holdout is the fraction of training images kept aside for select=True: "
                                  f"choose it in (0, 0.5), got {self.holdout}")
-
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("family", "degree", "radius", "shared", "bands", "wavelet",
-                                              "levels", "ridge", "terms", "select", "holdout", "batch_size", "device", "max_memory")}
-
-    def __repr__(self) -> str:
-        defaults = ScoreMachine.__new__(ScoreMachine)
-        ScoreMachine.__init__(defaults)
-        args = [f"{k}={v!r}" for k, v in self.get_params().items() if v != getattr(defaults, k)]
-        return f"ScoreMachine({', '.join(args)})"
 
     def mixed_terms(self) -> list[Term] | None:
         """The terms of a mixed-degree family (None for the base families)."""
