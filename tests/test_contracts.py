@@ -71,3 +71,23 @@ def test_both_classes_offer_the_sums_protocol(cls):
     for name in ("begin", "empty_sums", "coefficients", "update_sums", "sums_count", "choose", "merge_sums",
                  "set_sums", "shard_state", "for_shard", "shard_sums"):
         assert callable(getattr(cls, name, None)), name
+
+
+def test_one_registry_of_families():
+    from wavescore.cli import build_parser
+    from wavescore.models import build_machine
+    from wavescore.presets import PRESETS, make_machine
+
+    fit = next(a for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions if a.dest == "family")
+    assert fit.choices == list(PRESETS)
+    assert type(make_machine("gaussian+gates", select=False)) is GatedMachine
+    assert type(build_machine({"cls": "gated", "scales": (1,)})) is GatedMachine  # saved configurations still load
+    assert make_machine("gaussian+gsm", degree=3).name == ScoreMachine(family="gaussian+gsm", degree=3).name
+    with pytest.raises(WavescoreError, match="GatedMachine"):
+        ScoreMachine(family="gaussian+gates")
+    with pytest.raises(WavescoreError, match="unknown family 'wide'"):
+        make_machine("wide")
+    for name, preset in PRESETS.items():
+        if preset.terms is not None:  # every mixed preset declares a global term and parses
+            terms = ScoreMachine(family=name, degree=2).mixed_terms()
+            assert terms[0].family == "gaussian" and len(terms) >= 2

@@ -18,6 +18,8 @@ _LAZY = {
     "MomentAccumulator": "moments",
     "sample": "samplers",
     "Denoiser": "denoiser",
+    "make_machine": "presets",
+    "PRESETS": "presets",
 }
 
 __all__ = ["WavescoreError", *_LAZY]

@@ -183,13 +183,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- fit / evaluate
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
-    from .machine import MIXED_PRESETS
-    from .neighbourhoods import FAMILIES
+    from .presets import PRESETS
 
-    p.add_argument("--family", default="local", choices=[*FAMILIES, *MIXED_PRESETS, "gaussian+gates", "mixed"],
-                   help="gaussian+FAMILY: global linear terms plus FAMILY's features of degree 2..P; "
-                        "gaussian+gates: the Gaussian score plus sigma-scaled shrinkage gates (with the held-out "
-                        "choice, except on a cluster); mixed: the terms given by --terms")
+    p.add_argument("--family", default="local", choices=list(PRESETS), metavar="FAMILY",
+                   help="; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()).replace("%", "%%"))
     p.add_argument("--gate-scales", default=None,
                    help="gaussian+gates: own-coefficient gate widths, in sigmas (default 1,2,4)")
     p.add_argument("--energy-scales", default=None,

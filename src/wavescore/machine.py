@@ -20,7 +20,8 @@ from .denoiser import Denoiser, check_images, check_sigma
 from .fitting import Estimator, stream_fit
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
-from .neighbourhoods import FAMILIES, Term, build_groups, build_mixed_groups
+from .neighbourhoods import Term, build_groups, build_mixed_groups
+from .presets import PRESETS, mixed_presets
 from .solver import normal_equations, ridge_solve, schur_solve
 from .transform import WaveletTransform
 
@@ -28,7 +29,7 @@ FORMAT = "wavescore-machine"
 FORMAT_VERSION = 1
 # Mixed-degree presets: the global linear (Gaussian) term plus a local family's features
 # of degree 2..P (issue 8); ``family="mixed"`` with ``terms=[...]`` declares any other.
-MIXED_PRESETS = tuple(f"gaussian+{f}" for f in ("independent", "orientation", "local", "parent", "gsm"))
+MIXED_PRESETS = mixed_presets()
 # Automatic choice (select=True): per sigma on this grid, the sub-family of degree <= d and
 # the ridge with the lowest held-out denoising error; other sigmas use the nearest grid point.
 SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
@@ -128,9 +129,13 @@ class ScoreMachine(Estimator, Denoiser):
 
     # ------------------------------------------------------------------ configuration
     def _validate(self) -> None:
-        if self.family not in FAMILIES + MIXED_PRESETS + ("mixed",):
-            raise WavescoreError(f"unknown family {self.family!r}: choose one of "
-                                 f"{', '.join(FAMILIES + MIXED_PRESETS)} or 'mixed' with terms=[...]")
+        preset = PRESETS.get(self.family)
+        if preset is None or preset.machine != "score":
+            hint = (" (the gated machine: use GatedMachine(...) or make_machine(family='gaussian+gates'))"
+                    if preset is not None else "")
+            names = [n for n, p in PRESETS.items() if p.machine == "score" and n != "mixed"]
+            raise WavescoreError(f"unknown family {self.family!r}{hint}: choose one of "
+                                 f"{', '.join(names)} or 'mixed' with terms=[...]")
         if (self.family == "mixed") != (self.terms is not None):
             raise WavescoreError("terms=[...] declares the features of family='mixed' (and only of it)")
         mixed = self.mixed_terms()
@@ -159,16 +164,8 @@ class ScoreMachine(Estimator, Denoiser):
             if not isinstance(self.terms, (list, tuple)) or not self.terms:
                 raise WavescoreError("family='mixed' needs a non-empty list of terms")
             return [Term.parse(t) for t in self.terms]
-        if self.family == "gaussian+gsm":
-            # Gaussian-scale-mixture structure on top of the Gaussian score: the window and parent
-            # up to degree 2, the own coefficient up to P, and the squared magnitudes one ring wider.
-            return [Term("gaussian"), Term("parent", min(self.degree, 2), self.radius, self.bands),
-                    Term("independent", self.degree),
-                    Term("parent", 1, self.radius + 1, self.bands, kind="squares")]
-        if self.family in MIXED_PRESETS:
-            base = self.family.split("+", 1)[1]
-            return [Term("gaussian"), Term(base, self.degree, self.radius, self.bands)]
-        return None
+        terms = PRESETS[self.family].terms
+        return None if terms is None else terms(self.degree, self.radius, self.bands)
 
     @property
     def name(self) -> str:

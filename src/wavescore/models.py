@@ -18,13 +18,14 @@ DIFFUSERS_PREFIX = "diffusers:"
 
 
 def build_machine(cfg: dict):
-    """A configuration dict -> an unfitted machine: ``ScoreMachine(**cfg)``, or with
-    ``cls="gated"`` a ``GatedMachine`` with the remaining keys."""
-    from .gates import GatedMachine
-    from .machine import ScoreMachine
+    """A configuration dict -> an unfitted machine (``presets.make_machine``); the older spelling
+    ``cls="gated"`` (in saved report and benchmark configurations) means ``family="gaussian+gates"``."""
+    from .presets import make_machine
 
     cfg = dict(cfg)
-    return GatedMachine(**cfg) if cfg.pop("cls", None) == "gated" else ScoreMachine(**cfg)
+    if cfg.pop("cls", None) == "gated":
+        cfg["family"] = "gaussian+gates"
+    return make_machine(**cfg)
 
 
 def load_model(spec: str, data=None, *, limit: int | None = None):

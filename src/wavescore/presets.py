@@ -1,0 +1,69 @@
+"""Every family by name, in one registry: what it is, which machine class fits it, and for the
+mixed presets their terms. ScoreMachine's validation, ``make_machine``, the CLI's ``--family``
+choices and the report read it, so a new preset is one entry here (docs/architecture.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ._io import WavescoreError
+from .neighbourhoods import Term
+
+__all__ = ["Preset", "PRESETS", "make_machine", "mixed_presets"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    machine: str = "score"  # "score": ScoreMachine(family=name); "gated": GatedMachine
+    terms: Callable[[int, int, str], list] | None = None  # (degree, radius, bands) -> [Term] for mixed presets
+
+
+def _global_plus(base: str):
+    def terms(degree: int, radius: int, bands: str) -> list:
+        return [Term("gaussian"), Term(base, degree, radius, bands)]
+    return terms
+
+
+def _gsm(degree: int, radius: int, bands: str) -> list:
+    # Gaussian-scale-mixture structure on top of the Gaussian score: the window and parent up to
+    # degree 2, the own coefficient up to P, and the squared magnitudes one ring wider.
+    return [Term("gaussian"), Term("parent", min(degree, 2), radius, bands), Term("independent", degree),
+            Term("parent", 1, radius + 1, bands, kind="squares")]
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("independent", "each coefficient alone: a polynomial of degree P in it"),
+    Preset("orientation", "the H, V and D coefficients at one position"),
+    Preset("local", "a (2r+1)x(2r+1) same-scale window (bands='all': all three orientations)"),
+    Preset("parent", "the window plus the coarser coefficients covering the position"),
+    Preset("gaussian", "every coefficient, degree 1: the Gaussian score"),
+    *[Preset(f"gaussian+{b}", f"global linear terms plus {b} features of degree 2..P (method.md §8)",
+             terms=_global_plus(b)) for b in ("independent", "orientation", "local", "parent")],
+    Preset("gaussian+gsm", "global linear; window and parent up to degree 2; own coefficient up to P; squared "
+                           "magnitudes one ring wider (method.md §8)", terms=_gsm),
+    Preset("gaussian+gates", "the Gaussian score plus sigma-scaled shrinkage gates (GatedMachine, method.md §9)",
+           machine="gated"),
+    Preset("mixed", "the terms declared by terms=[...]"),
+]}
+
+
+def mixed_presets() -> tuple[str, ...]:
+    return tuple(n for n, p in PRESETS.items() if p.terms is not None)
+
+
+def make_machine(family: str = "local", **params):
+    """An unfitted machine of ``family`` configured by ``params``: a GatedMachine for
+    ``gaussian+gates``, else ``ScoreMachine(family=family, **params)``."""
+    preset = PRESETS.get(family)
+    if preset is None:
+        raise WavescoreError(f"unknown family {family!r}: choose one of {', '.join(PRESETS)}")
+    if preset.machine == "gated":
+        from .gates import GatedMachine
+
+        return GatedMachine(**params)
+    from .machine import ScoreMachine
+
+    return ScoreMachine(family=family, **params)
