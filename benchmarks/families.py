@@ -10,17 +10,8 @@ Results are saved after every model, and a rerun skips models already done.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
-import time
-from pathlib import Path
 
-import torch
-
-from wavescore import ScoreMachine, load_dataset
-from wavescore._io import write_json, write_bytes_atomic
-from wavescore.evaluation import DEFAULT_SIGMAS, evaluate_denoisers
+from wavescore.experiments import run_table
 
 CONFIGS = [dict(family="gaussian", degree=1)]
 # (family, options, degrees per-position, degrees shared). Left out for time on a 2-core
@@ -45,49 +36,9 @@ def main() -> None:
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("-o", "--output", default="benchmarks/results")
     args = ap.parse_args()
-    out = Path(args.output)
-    stem = "families" if args.data == "mnist" else f"families-{args.data}"
-    path = out / f"{stem}.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    result.setdefault("sigmas", list(DEFAULT_SIGMAS))
-    result.setdefault("models", {})
-    result.update(data=args.data, command=" ".join(["python"] + sys.argv),
-                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    train = load_dataset(args.data, "train")
-    test = load_dataset(args.data, "test", limit=args.limit_test)
-    result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
-    for cfg in CONFIGS:
-        m = ScoreMachine(**cfg)
-        if m.name in result["models"]:
-            continue
-        t0 = time.perf_counter()
-        m.fit(train)
-        fit_s = time.perf_counter() - t0
-        ev = evaluate_denoisers({m.name: m}, test, result["sigmas"], seed=0)["models"][m.name]
-        ev.update(fit_seconds=fit_s, params=cfg)
-        result["models"][m.name] = ev
-        print(f"{m.name:28s} fit {fit_s:6.1f}s  " + " ".join(f"{v:.2e}" for v in ev["mse"]), flush=True)
-        write_json(path, result)
-    write_bytes_atomic(out / f"{stem}.md", markdown_table(result).encode())
-    plot(result, out / f"{stem}.png")
-
-
-def markdown_table(result: dict) -> str:
-    sig = result["sigmas"]
-    models = result["models"]
-    best = [min(v["mse"][k] for v in models.values()) for k in range(len(sig))]
-    lines = ["| machine | fit (s) | " + " | ".join(f"σ={s:g}" for s in sig) + " |",
-             "|---|---:|" + "---:|" * len(sig)]
-    for name, v in models.items():
-        cells = [(f"**{x:.2e}**" if x == best[k] else f"{x:.2e}") for k, x in enumerate(v["mse"])]
-        lines.append(f"| {name} | {v['fit_seconds']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict, path: Path) -> None:
-    from wavescore.plots import plot_mse_curves
-
-    plot_mse_curves(result, path, title=f"{result['data']}: denoising error")
+    run_table(CONFIGS, args.data, args.output, stem="families" if args.data == "mnist" else f"families-{args.data}",
+              title=f"{args.data}: denoising error", limit_test=args.limit_test,
+              table=dict(label="machine", digits=2, fit_digits=1, relative_to=None))
 
 
 if __name__ == "__main__":

@@ -14,18 +14,8 @@ every model; a rerun skips models already done).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
-import time
-from pathlib import Path
 
-import torch
-
-from wavescore import ScoreMachine, load_dataset
-from wavescore.models import build_machine
-from wavescore._io import write_bytes_atomic, write_json
-from wavescore.evaluation import DEFAULT_SIGMAS, evaluate_denoisers
+from wavescore.experiments import run_table
 
 STRONGEST_TERMS = [
     {"family": "gaussian"},
@@ -40,11 +30,10 @@ CONFIGS = [
     dict(family="gaussian+local", degree=2),
     dict(family="gaussian+parent", degree=2),
     dict(family="mixed", terms=STRONGEST_TERMS, select=True),
-    dict(cls="gated"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
-    dict(cls="gated", energy_scales=()),  # ablations: the own point mass alone ...
-    dict(cls="gated", scales=()),  # ... and the neighbourhood energy alone
+    dict(family="gaussian+gates"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
+    dict(family="gaussian+gates", energy_scales=()),  # ablations: the own point mass alone ...
+    dict(family="gaussian+gates", scales=()),  # ... and the neighbourhood energy alone
 ]
-
 
 
 def main() -> None:
@@ -57,81 +46,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None,
                     help="fit only the models whose names start with one of these (e.g. gaussian-P1 gaussian+gates)")
     args = ap.parse_args()
-    out = Path(args.output)
-    stem = "mixed" if args.data == "mnist" else f"mixed-{args.data}"
-    path = out / f"{stem}.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    result.setdefault("sigmas", list(DEFAULT_SIGMAS))
-    result.setdefault("models", {})
-    result.update(data=args.data, command=" ".join(["python"] + sys.argv),
-                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                          f"torch {torch.__version__}")
-    train = load_dataset(args.data, "train")
-    test = load_dataset(args.data, "test", limit=args.limit_test)
-    result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
-    for cfg in CONFIGS:
-        m = build_machine(cfg)
-        name = m.name + ("-select" if m.select else "")
-        if name in result["models"] or (args.only is not None and not name.startswith(tuple(args.only))):
-            continue
-        t0 = time.perf_counter()
-        m.fit(train)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if isinstance(m, ScoreMachine):
-            m.parameters(0.1234)
-        solve_s = time.perf_counter() - t0
-        ev = evaluate_denoisers({name: m}, test, result["sigmas"], seed=0)["models"][name]
-        ev.update(fit_seconds=fit_s, solve_seconds=solve_s, params=m.get_params(),
-                  memory_estimate=m.memory_estimate(m.shape_))
-        if m.choice_:
-            ev["choice"] = m.choice_
-        if args.save_machines:
-            m.save(Path(args.save_machines) / f"{name}.wsm")
-        result["models"][name] = ev
-        print(f"{name:40s} fit {fit_s:6.1f}s  " + " ".join(f"{v:.2e}" for v in ev["mse"]), flush=True)
-        write_json(path, result)
-    for ckpt in args.nets:
-        from wavescore.networks import load_network
-
-        net = load_network(ckpt)
-        name = Path(ckpt).stem
-        if name in result["models"]:
-            continue
-        ev = evaluate_denoisers({name: net}, test, result["sigmas"], seed=0)["models"][name]
-        ev.update(network=str(ckpt))
-        result["models"][name] = ev
-        write_json(path, result)
-    write_bytes_atomic(out / f"{stem}.md", markdown_table(result).encode())
-    from wavescore.plots import plot_mse_curves
-
-    plot_mse_curves(result, out / f"{stem}.png", title=f"{args.data}: mixed-degree machines against the Gaussian score")
-
-
-def markdown_table(result: dict) -> str:
-    """One line per model; best machine per sigma in bold; the last line is the strongest
-    machine's MSE relative to the Gaussian score's (negative: better)."""
-    sig = result["sigmas"]
-    models = result["models"]
-    machines = {k: v for k, v in models.items() if "network" not in v}
-    best = [min(v["mse"][k] for v in machines.values()) for k in range(len(sig))]
-    lines = ["| model | fit (s) | " + " | ".join(f"σ={s:g}" for s in sig) + " |",
-             "|---|---:|" + "---:|" * len(sig)]
-    ordered = list(machines) + [k for k in models if k not in machines]  # machines first, then networks
-    for name in ordered:
-        v = models[name]
-        cells = [(f"**{x:.3e}**" if name in machines and x == best[k] else f"{x:.3e}") for k, x in enumerate(v["mse"])]
-        fit = f"{v['fit_seconds']:.0f}" if "fit_seconds" in v else "(network)"
-        lines.append(f"| {name} | {fit} | " + " | ".join(cells) + " |")
-    gauss = models.get("gaussian-P1")
-    if gauss:
-        for name, v in machines.items():
-            if name.endswith("-select"):
-                # within rounding of the Gaussian score (the same model above a gated machine's grid): 0.0%
-                rel = [f"{100 * (a / g - 1):+.1f}%" if abs(a / g - 1) >= 5e-4 else "0.0%"
-                       for a, g in zip(v["mse"], gauss["mse"])]
-                lines.append(f"| {name} vs gaussian-P1 | | " + " | ".join(rel) + " |")
-    return "\n".join(lines) + "\n"
+    run_table(CONFIGS, args.data, args.output, stem="mixed" if args.data == "mnist" else f"mixed-{args.data}",
+              title=f"{args.data}: mixed-degree machines against the Gaussian score", limit_test=args.limit_test,
+              nets=args.nets, only=args.only, save_machines=args.save_machines)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,74 @@ def test_one_registry_of_families():
         if preset.terms is not None:  # every mixed preset declares a global term and parses
             terms = ScoreMachine(family=name, degree=2).mixed_terms()
             assert terms[0].family == "gaussian" and len(terms) >= 2
+
+
+def test_a_new_term_kind_is_one_function(digits):
+    """The worked example of docs/architecture.md: kind 'own-products' (u_own u_j) is a sub-family
+    of kind 'all' at degree 2, so its machine equals the 'all' machine restricted to its
+    features: the same moments, a sub-block solve (method.md §5)."""
+    import numpy as np
+
+    from wavescore.neighbourhoods import TERM_KINDS
+
+    e = TERM_KINDS["own-products"](4, 2)
+    assert e.tolist() == [[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]]
+    tr, te = digits
+    op = ScoreMachine(family="mixed", terms=[{"family": "parent", "kind": "own-products"}]).fit(tr, progress=False)
+    full = ScoreMachine(family="mixed", terms=[{"family": "parent", "degree": 2}]).fit(tr, progress=False)
+    assert op.name == "parent-r1-op"
+    kept = [{tuple(r) for r in f.exps} for f in op.moments_.features]
+    groups = iter(kept)
+
+    def keep(exps, roles):  # called once per group, in order
+        mine = next(groups)
+        return [tuple(r) in mine for r in exps]
+    sub = full.restrict(keep)
+    F_op = [f.F for f in op.moments_.features]
+    F_full = [f.F for f in full.moments_.features]
+    assert all(a < b for a, b in zip(F_op, F_full) if b > 1)  # really a smaller family
+    x = te[:20].double() + 0.3 * torch.randn(te[:20].shape, generator=torch.Generator().manual_seed(2),
+                                             dtype=torch.float64)
+    for s in (0.1, 0.3, 1.0):
+        torch.testing.assert_close(op.denoise(x, s), sub.denoise(x, s), rtol=1e-7, atol=1e-9)
+    assert not np.allclose(op.denoise(x, 0.3).numpy(), full.denoise(x, 0.3).numpy())
+
+
+def test_the_core_imports_no_experiment_reference_or_cli_module():
+    """docs/architecture.md: the core (transform, features, moments, solver, machines, presets,
+    the fit and the contracts) imports nothing from experiments, references, plots or the CLI."""
+    import ast
+    from pathlib import Path
+
+    import wavescore
+
+    src = Path(wavescore.__file__).parent
+    core = ["transform", "neighbourhoods", "features", "moments", "_gram", "solver", "machine", "gates", "presets",
+            "fitting", "denoiser", "_checks", "_io"]
+    outer = {"evaluation", "compare", "analysis", "report", "quality", "profiling", "distributed", "samplers", "plots",
+             "cli", "baselines", "networks", "diffusers_ref", "datasets", "models"}
+    for name in core:
+        tree = ast.parse((src / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                mods = [node.module] if node.module else [a.name for a in node.names]
+                assert not set(mods) & outer, f"{name}.py imports {set(mods) & outer}"
+
+
+def test_one_experiment_runner(tmp_path, capsys):
+    """Benchmarks are configuration lists for experiments.run_table: fit, evaluate, JSON after
+    every model, a markdown table, a plot; a rerun skips what is done."""
+    import json
+
+    from wavescore.experiments import markdown_table, run_table
+
+    cfgs = [dict(family="gaussian"), dict(family="local", degree=2), dict(family="gaussian+gates", sigmas=(0.1, 1.0))]
+    res = run_table(cfgs, "digits", tmp_path, stem="t", title="t", limit_test=40, sigmas=(0.1, 1.0), progress=False)
+    assert list(res["models"]) == ["gaussian-P1", "local-r1-P2", "gaussian+gates(own 1,2,4; energy-r1 1,2)-select"]
+    on_disk = json.loads((tmp_path / "t.json").read_text())
+    assert on_disk["models"]["local-r1-P2"]["mse"] == res["models"]["local-r1-P2"]["mse"]
+    assert (tmp_path / "t.md").read_text() == markdown_table(on_disk) and (tmp_path / "t.png").stat().st_size > 0
+    assert "vs gaussian-P1" in (tmp_path / "t.md").read_text()  # the -select row against the Gaussian score
+    before = on_disk["models"]["gaussian-P1"]["fit_seconds"]
+    again = run_table(cfgs, "digits", tmp_path, stem="t", title="t", limit_test=40, sigmas=(0.1, 1.0), progress=False)
+    assert again["models"]["gaussian-P1"]["fit_seconds"] == before  # resumed, not refitted

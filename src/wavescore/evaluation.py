@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .fitting import noise_for  # noqa: F401 - the seeded draws live with the held-out choice
+
 DEFAULT_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -25,12 +27,6 @@ def parse_sigmas(text: str) -> list[float]:
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise WavescoreError(f"--sigmas must be positive finite numbers, got {text!r}")
     return values
-
-
-def noise_for(shape, sigma_index: int, seed: int) -> torch.Tensor:
-    """The standard normal draw used at sigma index k: identical for every model."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + sigma_index)
-    return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
 def psnr(mse: float) -> float:

@@ -24,6 +24,13 @@ from .denoiser import check_images
 SELECT_IMAGES = 3000
 
 
+def noise_for(shape, sigma_index: int, seed: int) -> torch.Tensor:
+    """The standard normal draw used at sigma index k: identical for every model (evaluation,
+    comparisons and the held-out choice all draw their noise here)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + sigma_index)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
 def iter_batches(data, batch_size: int):
     """A tensor (N, C, H, W) in slices, or an iterable of such tensors (or of (x, label) pairs)."""
     if isinstance(data, np.ndarray):
@@ -119,6 +126,26 @@ class Estimator:
         if "device" in params and hasattr(self, "to"):
             self.to(self.device)
         return self
+
+    # ---------------------------------------------------------------- files (.wsm, _io.write_archive)
+    _FILE: tuple = ()  # (format, version, what, hint) of the class's machine files
+
+    @classmethod
+    def load(cls, path):
+        """The machine saved at ``path``; any damaged header or array is one WavescoreError."""
+        from pathlib import Path
+
+        from ._io import load_archive
+
+        fmt, version, what, hint = cls._FILE
+        return load_archive(Path(path), fmt, version, what, hint, cls._from_archive)
+
+    @classmethod
+    def _from_params(cls, path, params: dict, hint: str):
+        try:
+            return cls(**params)
+        except WavescoreError as exc:
+            raise WavescoreError(f"{path} holds an invalid configuration ({exc}): {hint}") from None
 
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__).parameters

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, load_archive, write_archive
+from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, stream_fit
 from .machine import _checks_common, _physical_memory, score_images
@@ -81,6 +81,8 @@ class GatedMachine(Estimator, Denoiser):
 
     Computes on the CPU in float64 (inputs on another device are moved and the result moved back).
     """
+
+    _FILE = (FORMAT, FORMAT_VERSION, "gated machine", "refit it with `wavescore fit --family gaussian+gates`")
 
     def __init__(self, scales=(1.0, 2.0, 4.0), energy_scales=(1.0, 2.0), radius: int = 1, bands: str = "same",
                  sigmas=SIGMA_GRID, wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
@@ -494,17 +496,8 @@ class GatedMachine(Estimator, Denoiser):
         return write_archive(path, header, arrays)
 
     @classmethod
-    def load(cls, path) -> "GatedMachine":
-        path = Path(path)
-        hint = "refit it with `wavescore fit --family gaussian+gates`"
-        return load_archive(path, FORMAT, FORMAT_VERSION, "gated machine", hint, cls._from_archive)
-
-    @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "GatedMachine":
-        try:
-            m = cls(**header["params"])
-        except WavescoreError as exc:
-            raise WavescoreError(f"{path} holds an invalid configuration ({exc}): {hint}") from None
+        m = cls._from_params(path, header["params"], hint)
         m._structure(tuple(int(v) for v in header["shape"]))
         D, S = m.transform_.layout.size, len(m.sigmas)
         names = ("centre", "mean", "lam", "V", "beta", "Z", "const")

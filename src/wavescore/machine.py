@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, load_archive, write_archive
+from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images, check_sigma
 from .fitting import Estimator, stream_fit
 from .features import monomial_set, monomials
@@ -107,6 +107,8 @@ class ScoreMachine(Estimator, Denoiser):
     only the ``gaussian`` family couples channels (through the full covariance).
     """
 
+    _FILE = (FORMAT, FORMAT_VERSION, "wavescore machine", "refit it with `wavescore fit`")
+
     def __init__(self, family: str = "local", degree: int = 1, radius: int = 1, shared: bool = False,
                  bands: str = "same", wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
                  terms: list | None = None, select: bool = False, holdout: float = 0.1, *, batch_size: int = 1000,
@@ -175,7 +177,7 @@ class ScoreMachine(Estimator, Denoiser):
                 if t.family == "gaussian":
                     return "gaussian"
                 r = f"-r{t.radius}" + ("all" if t.bands == "all" else "") if t.family in ("local", "parent") else ""
-                return f"{t.family}{r}-" + ("sq" if t.kind == "squares" else f"P{t.degree}")
+                return f"{t.family}{r}-" + {"squares": "sq", "own-products": "op"}.get(t.kind, f"P{t.degree}")
             return "+".join(label(t) for t in self.mixed_terms()) + ("-shared" if self.shared else "")
         if self.family in MIXED_PRESETS:
             base = self.family.split("+", 1)[1]
@@ -371,7 +373,7 @@ class ScoreMachine(Estimator, Denoiser):
         same seeded noise for every candidate, so the comparison is paired."""
         from ._io import progress_bar
 
-        from .evaluation import noise_for
+        from .fitting import noise_for
 
         top = self._max_degree()
         cands = [(d, r) for d in sorted({1, max(1, top - 1), top}) for r in SELECT_RIDGES]
@@ -770,12 +772,6 @@ class ScoreMachine(Estimator, Denoiser):
         return write_archive(path, header, arrays)
 
     @classmethod
-    def load(cls, path) -> "ScoreMachine":
-        path = Path(path)
-        hint = "refit it with `wavescore fit`"
-        return load_archive(path, FORMAT, FORMAT_VERSION, "wavescore machine", hint, cls._from_archive)
-
-    @classmethod
     def _from_archive(cls, path: Path, header: dict, arrays: dict, hint: str) -> "ScoreMachine":
         try:
             shift, scale = arrays["shift"], arrays["scale"]
@@ -785,10 +781,7 @@ class ScoreMachine(Estimator, Denoiser):
         cross = {k: arrays[k] for k in ("cross_sum", "mono_sum") if k in arrays}
         params = dict(header["params"])
         params["device"] = checks.load_device(params.get("device", "cpu"))  # fitted on a GPU, loaded without one
-        try:
-            machine = cls(**params)
-        except WavescoreError as exc:
-            raise WavescoreError(f"{path} holds an invalid configuration ({exc}): {hint}") from None
+        machine = cls._from_params(path, params, hint)
         shape = tuple(int(v) for v in header["shape"])
         machine.shape_ = shape
         machine.transform_ = machine._structure(shape)[0]

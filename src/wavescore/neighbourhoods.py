@@ -19,7 +19,36 @@ from .features import monomials
 from .transform import Band, Layout
 
 FAMILIES = ("independent", "orientation", "local", "parent", "gaussian")
-TERM_KINDS = ("all", "squares")
+def _kind_all(m: int, degree: int) -> np.ndarray:
+    """Every monomial of total degree <= ``degree`` over the term's m variables."""
+    return monomials(m, degree).exps
+
+
+def _kind_squares(m: int, degree: int) -> np.ndarray:
+    """u_j^2 and u_own u_j^2 for every neighbour j (Gaussian-scale-mixture structure)."""
+    rows = []
+    for j in range(1, m):
+        sq = np.zeros((2, m), dtype=np.int64)
+        sq[:, j] = 2
+        sq[1, 0] += 1
+        rows.append(sq)
+    return np.concatenate(rows) if rows else np.zeros((0, m), dtype=np.int64)
+
+
+def _kind_own_products(m: int, degree: int) -> np.ndarray:
+    """u_own u_j for every neighbour j: degree-2 interactions through the own coefficient only
+    (m - 1 features where kind 'all' at degree 2 has m (m + 1) / 2). docs/architecture.md
+    adds this kind as its worked example."""
+    e = np.zeros((max(m - 1, 0), m), dtype=np.int64)
+    e[:, 0] = 1
+    e[np.arange(m - 1), np.arange(1, m)] = 1
+    return e
+
+
+# A term kind: (m variables, own first; degree) -> generating monomial exponents (k, m) over the
+# term's neighbourhood. The set is closed downward afterwards (features.monomial_set), so a kind
+# lists only its top monomials; the noise plan and the Stein vector need nothing else.
+TERM_KINDS = {"all": _kind_all, "squares": _kind_squares, "own-products": _kind_own_products}
 
 
 @dataclass
@@ -125,8 +154,8 @@ class Term:
             raise WavescoreError(f"a term's degree must be 1, 2 or 3, got {self.degree!r}")
         if self.family == "gaussian" and (self.degree != 1 or self.kind != "all"):
             raise WavescoreError("a gaussian term is the global linear term: degree=1, kind='all'")
-        if self.kind == "squares" and self.family == "independent":
-            raise WavescoreError("a squares term needs neighbours: use family 'orientation', 'local' or 'parent'")
+        if self.kind != "all" and self.family == "independent":
+            raise WavescoreError(f"a {self.kind} term needs neighbours: use family 'orientation', 'local' or 'parent'")
 
     @classmethod
     def parse(cls, spec) -> "Term":
@@ -171,17 +200,10 @@ def build_mixed_groups(layout: Layout, terms) -> tuple[bool, list[Group], list[n
         m = len(columns)
         gen = [np.zeros((1, m), dtype=np.int64)]  # the constant: a band too small for neighbours keeps just it
         for t, cols in zip(local, term_cols):
-            if t.kind == "all":
-                sub = monomials(len(cols), t.degree).exps
-                e = np.zeros((sub.shape[0], m), dtype=np.int64)
-                e[:, cols] = sub
-                gen.append(e)
-            else:
-                for c in cols[1:]:
-                    sq = np.zeros((2, m), dtype=np.int64)
-                    sq[:, c] = 2
-                    sq[1, 0] += 1
-                    gen.append(sq)
+            sub = TERM_KINDS[t.kind](len(cols), t.degree)
+            e = np.zeros((sub.shape[0], m), dtype=np.int64)
+            e[:, cols] = sub
+            gen.append(e)
         groups.append(Group(per_term[0][k].name, per_term[0][k].out, np.stack(columns, axis=1)))
         exps.append(np.concatenate(gen, axis=0))
     return global_linear, groups, exps

@@ -1,0 +1,117 @@
+"""The one experiment runner: configurations x data x sigmas -> fit, evaluate, JSON, markdown
+table, plot. Benchmark scripts are lists of configurations handed to :func:`run_table`.
+
+Every model sees the same seeded noise (``evaluation.noise_for``). The JSON is written after
+every model, atomically, so an interrupted run keeps what it finished, and a rerun skips the
+models already in it. Rows: ``name`` (the machine's, ``-select`` appended when it chooses per
+sigma on held-out images) -> ``mse``, ``psnr``, ``seconds`` (evaluation), ``fit_seconds``,
+``solve_seconds`` (one closed-form solve at an off-grid sigma), ``params``,
+``memory_estimate`` and ``choice``; network rows carry ``network`` (the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ._io import write_bytes_atomic, write_json
+from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
+
+__all__ = ["run_table", "markdown_table", "row_name"]
+
+
+def row_name(machine) -> str:
+    return machine.name + ("-select" if getattr(machine, "select", False) else "")
+
+
+def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str, title: str,
+              limit_test: int | None = None, nets: Sequence[str] = (), only: Sequence[str] | None = None,
+              save_machines: str | None = None, sigmas=DEFAULT_SIGMAS, table: dict | None = None,
+              progress: bool = True) -> dict:
+    """Fit every configuration (``models.build_machine``) on ``data``'s training split, evaluate
+    it and every network checkpoint in ``nets`` on the test split, and write
+    ``out/stem.{json,md,png}``. ``only``: fit just the rows whose names start with one of these.
+    ``table``: options of :func:`markdown_table`. Returns the result dict."""
+    from .datasets import load_dataset
+    from .models import build_machine
+    from .plots import plot_mse_curves
+
+    out = Path(out)
+    path = out / f"{stem}.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.setdefault("sigmas", [float(s) for s in sigmas])
+    result.setdefault("models", {})
+    result.update(data=data, command=" ".join(["python"] + sys.argv),
+                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"torch {torch.__version__}")
+    train = load_dataset(data, "train")
+    test = load_dataset(data, "test", limit=limit_test)
+    result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
+    for cfg in configs:
+        m = build_machine(cfg)
+        name = row_name(m)
+        if name in result["models"] or (only is not None and not name.startswith(tuple(only))):
+            continue
+        t0 = time.perf_counter()
+        m.fit(train, progress=progress)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if hasattr(m, "parameters"):
+            m.parameters(0.1234)  # one closed-form solve at a sigma off every grid
+        solve_s = time.perf_counter() - t0
+        ev = evaluate_denoisers({name: m}, test, result["sigmas"], seed=0, progress=progress)["models"][name]
+        ev.update(fit_seconds=fit_s, solve_seconds=solve_s, params=m.get_params(),
+                  memory_estimate=m.memory_estimate(m.shape_))
+        if m.choice_:
+            ev["choice"] = m.choice_
+        if save_machines:
+            m.save(Path(save_machines) / f"{name}.wsm")
+        result["models"][name] = ev
+        print(f"{name:40s} fit {fit_s:6.1f}s  " + " ".join(f"{v:.2e}" for v in ev["mse"]), flush=True)
+        write_json(path, result)
+    for ckpt in nets:
+        from .networks import load_network
+
+        name = Path(ckpt).stem
+        if name in result["models"]:
+            continue
+        ev = evaluate_denoisers({name: load_network(ckpt)}, test, result["sigmas"], seed=0,
+                                progress=progress)["models"][name]
+        ev.update(network=str(ckpt))
+        result["models"][name] = ev
+        write_json(path, result)
+    write_bytes_atomic(out / f"{stem}.md", markdown_table(result, **(table or {})).encode())
+    plot_mse_curves(result, out / f"{stem}.png", title=title)
+    return result
+
+
+def markdown_table(result: dict, *, label: str = "model", digits: int = 3, fit_digits: int = 0,
+                   relative_to: str | None = "gaussian-P1") -> str:
+    """One row per model, machines first (best machine per sigma in bold), then networks; then,
+    for every ``-select`` machine, its MSE relative to ``relative_to`` (negative: better)."""
+    sig = result["sigmas"]
+    models = result["models"]
+    machines = {k: v for k, v in models.items() if "network" not in v}
+    best = [min(v["mse"][k] for v in machines.values()) for k in range(len(sig))]
+    lines = [f"| {label} | fit (s) | " + " | ".join(f"σ={s:g}" for s in sig) + " |",
+             "|---|---:|" + "---:|" * len(sig)]
+    for name in list(machines) + [k for k in models if k not in machines]:
+        v = models[name]
+        cells = [(f"**{x:.{digits}e}**" if name in machines and x == best[k] else f"{x:.{digits}e}")
+                 for k, x in enumerate(v["mse"])]
+        fit = f"{v['fit_seconds']:.{fit_digits}f}" if "fit_seconds" in v else "(network)"
+        lines.append(f"| {name} | {fit} | " + " | ".join(cells) + " |")
+    ref = models.get(relative_to) if relative_to else None
+    if ref:
+        for name, v in machines.items():
+            if name.endswith("-select"):
+                # within rounding of the reference (the same model above a gated machine's grid): 0.0%
+                rel = [f"{100 * (a / g - 1):+.1f}%" if abs(a / g - 1) >= 5e-4 else "0.0%"
+                       for a, g in zip(v["mse"], ref["mse"])]
+                lines.append(f"| {name} vs {relative_to} | | " + " | ".join(rel) + " |")
+    return "\n".join(lines) + "\n"
