@@ -19,6 +19,26 @@ import torch
 from ._io import WavescoreError, progress_bar
 from .denoiser import check_images
 
+# The share of physical memory a fit may plan to use, for every machine class (it was 0.6 for
+# ScoreMachine and 0.8 for GatedMachine): the estimates are upper bounds, and the rest is left
+# for the data set in memory, the OS and a second job on the machine.
+MEMORY_BUDGET = 0.6
+
+
+def _physical_memory() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 16 << 30
+
+
+def memory_budget(max_memory: float | None) -> float:
+    """Bytes a fit may plan to use: ``max_memory`` if given, else MEMORY_BUDGET of the RAM."""
+    return max_memory if max_memory is not None else MEMORY_BUDGET * _physical_memory()
+
+
 # Held-out images scored per candidate (paired noise). Fewer (600) let single unusual digits,
 # where degree-3 terms err most, flip the choice between near-equal candidates on MNIST.
 SELECT_IMAGES = 3000

@@ -27,10 +27,10 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images
-from .fitting import Estimator, stream_fit
-from .machine import _checks_common, _physical_memory, score_images
+from .fitting import Estimator, memory_budget, stream_fit
+from .machine import _checks_common, score_images
 from .neighbourhoods import build_groups
-from .solver import schur_solve
+from .solver import gaussian_inverse, schur_solve
 from .transform import WaveletTransform
 
 FORMAT = "wavescore-gated-machine"
@@ -148,7 +148,7 @@ class GatedMachine(Estimator, Denoiser):
 
     def _check_memory(self, shape) -> None:
         est = self.memory_estimate(shape)
-        limit = self.max_memory if self.max_memory is not None else 0.8 * _physical_memory()
+        limit = memory_budget(self.max_memory)
         if est["total"] > limit:
             raise WavescoreError(
                 f"{self.name} on images {tuple(shape)} needs about {est['total'] / 2**30:.1f} GiB "
@@ -367,7 +367,7 @@ class GatedMachine(Estimator, Denoiser):
         s = self.sigmas[k]
         _, lam, V = basis
         KT, cf, b, ef = system
-        inv = 1.0 / (lam + s * s + ridge * lam.mean())
+        inv = gaussian_inverse(lam, s, ridge)
         beta, zb = schur_solve(KT, cf, b, V, inv, ridge)
         const = -(beta * ef.T).sum(1)
         return beta, zb.T.contiguous(), const
@@ -402,7 +402,7 @@ class GatedMachine(Estimator, Denoiser):
             feats = self._features(y, s)
             system = self._system(sums, k, basis)  # shared by every ridge
             for j, (kind, r) in enumerate(cands):
-                inv = 1.0 / (lam + s * s + r * lam.mean())
+                inv = gaussian_inverse(lam, s, r)
                 score = -((u @ V) * inv) @ V.T
                 if kind == "gated":
                     beta, Z, const = self._solve(system, k, basis, r)
@@ -455,10 +455,10 @@ class GatedMachine(Estimator, Denoiser):
         s = self.sigmas[k]
         uv = (w - self.mean_) @ self.V_
         mean_lam = self.lam_.mean()
-        inv = 1.0 / (self.lam_ + s * s + self._grid_ridge(k) * mean_lam)
+        inv = gaussian_inverse(self.lam_, s, self._grid_ridge(k), mean_lam)
         corr = -(uv * inv) @ self.Z_[k] + (self._features(w, s) * self.beta_[k].T).sum(1) + self.const_[k]
         if self._grid_ridge(k) != self.ridge:  # the linear part was solved with another ridge
-            corr += (uv * (1.0 / (self.lam_ + s * s + self.ridge * mean_lam) - inv)) @ self.V_.T
+            corr += (uv * (gaussian_inverse(self.lam_, s, self.ridge, mean_lam) - inv)) @ self.V_.T
         return s * s * corr
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -471,7 +471,7 @@ class GatedMachine(Estimator, Denoiser):
         sigma = float(sigma)
         if not sigma > 0 or not math.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
-        inv = 1.0 / (self.lam_ + sigma**2 + self.ridge * self.lam_.mean())
+        inv = gaussian_inverse(self.lam_, sigma, self.ridge)
         out = torch.empty_like(w)
         for s0 in range(0, w.shape[0], 2000):  # the gates hold (rows, G, D) features
             wc = w[s0 : s0 + 2000]

@@ -7,7 +7,6 @@ returns self, fitted state ends in ``_`` and ``save``/``load`` round-trip it exa
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,12 +16,12 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images, check_sigma
-from .fitting import Estimator, stream_fit
+from .fitting import Estimator, memory_budget, stream_fit
 from .features import monomial_set, monomials
 from .moments import MixedMomentAccumulator, MomentAccumulator, band_standardisation, build_cross_plan, noise_plan
 from .neighbourhoods import Term, build_groups, build_mixed_groups
 from .presets import PRESETS, mixed_presets
-from .solver import normal_equations, ridge_solve, schur_solve
+from .solver import gaussian_inverse, normal_equations, ridge_solve, schur_solve
 from .transform import WaveletTransform
 
 FORMAT = "wavescore-machine"
@@ -34,13 +33,6 @@ MIXED_PRESETS = mixed_presets()
 # the ridge with the lowest held-out denoising error; other sigmas use the nearest grid point.
 SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
 SELECT_RIDGES = (1e-6, 1e-3)
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 16 << 30
 
 
 def _checks_common(m) -> None:
@@ -321,7 +313,7 @@ class ScoreMachine(Estimator, Denoiser):
 
     def _check_memory(self, shape) -> None:
         est = self.memory_estimate(shape)
-        budget = self.max_memory if self.max_memory is not None else 0.6 * _physical_memory()
+        budget = memory_budget(self.max_memory)
         if est["peak_bytes"] <= budget:
             return
         fits = []
@@ -610,7 +602,7 @@ class ScoreMachine(Estimator, Denoiser):
             lam, vec = torch.linalg.eigh(cov_w)
             self._eig = (lam.clamp_min(0), vec, acc.shift + acc.scale * m)
         lam, vec, mu_w = self._eig
-        inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
+        inv = gaussian_inverse(lam, sigma, self.ridge)
         a = (vec * inv) @ vec.T  # (Sigma + s^2 I)^{-1}
         # c = -A (w - mu) with w = shift + scale * u, written over the features [1, u].
         theta = torch.empty(a.shape[0] + 1, a.shape[0], dtype=a.dtype, device=a.device)
@@ -654,7 +646,7 @@ class ScoreMachine(Estimator, Denoiser):
         t_all = sigma / scale
         smooth = acc.cross.smoothing(t_all).t().coalesce()
         KuT = torch.sparse.mm(smooth, XcT)  # (Q, D): E[(u_j - ubar_j) E_z m_q(u + t z)], clean part
-        inv = 1.0 / (lam + sigma**2 + self.ridge * lam.mean())
+        inv = gaussian_inverse(lam, sigma, self.ridge)
         R = torch.zeros(D, D, dtype=torch.float64, device=V.device)
         thetas: list = [None]
         blocks = []

@@ -74,6 +74,14 @@ def ridge_solve(G: torch.Tensor, b: torch.Tensor, ridge: float, clean_diag: torc
     return x.squeeze(-1) if vec else x
 
 
+def gaussian_inverse(lam: torch.Tensor, sigma: float, ridge: float, mean_lam=None) -> torch.Tensor:
+    """The eigenvalues of (C + (sigma^2 + ridge mean(lam)) I)^{-1} for a covariance C with
+    eigenvalues ``lam``: the Gaussian score's shrinkage (method.md §4, §8), its ridge relative
+    to the mean eigenvalue. ``mean_lam`` overrides the mean (a machine fixes it once)."""
+    mean_lam = lam.mean() if mean_lam is None else mean_lam
+    return 1.0 / (lam + sigma * sigma + ridge * mean_lam)
+
+
 def schur_solve(KT: torch.Tensor, C_psi: torch.Tensor, b_psi: torch.Tensor, v_own: torch.Tensor, inv: torch.Tensor,
                 ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint optimum of global linear terms and local higher-order features psi, by block
