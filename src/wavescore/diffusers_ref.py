@@ -167,9 +167,7 @@ class DiffusersDenoiser(Denoiser):
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma, batch_size: int = 256) -> torch.Tensor:
-        check_images(x)
-        if self.shape_ is not None and tuple(x.shape[1:]) != self.shape_:
-            raise WavescoreError(f"this diffusers model takes images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        check_images(x, shape=self.shape_)
         if x.shape[1] != self.channels:
             raise WavescoreError(f"this diffusers model takes {self.channels} channels, got {x.shape[1]}")
         sig = check_sigma(sigma, x.shape[0])

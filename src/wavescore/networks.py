@@ -239,9 +239,7 @@ class EDMDenoiser(nn.Module):
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma, batch_size: int = 256) -> torch.Tensor:
-        check_images(x)
-        if self.shape_ is not None and tuple(x.shape[1:]) != self.shape_:
-            raise WavescoreError(f"this network was trained on images of shape {self.shape_}, got {tuple(x.shape[1:])}")
+        check_images(x, shape=self.shape_)
         sig = check_sigma(sigma, x.shape[0])
         device = next(self.parameters(), torch.empty(0)).device  # a parameter-free net runs on the CPU
         was_training = self.training
