@@ -162,3 +162,22 @@ def test_one_experiment_runner(tmp_path, capsys):
     before = on_disk["models"]["gaussian-P1"]["fit_seconds"]
     again = run_table(cfgs, "digits", tmp_path, stem="t", title="t", limit_test=40, sigmas=(0.1, 1.0), progress=False)
     assert again["models"]["gaussian-P1"]["fit_seconds"] == before  # resumed, not refitted
+    other = run_table(cfgs[:1], "digits", tmp_path, stem="t", title="t", limit_test=30, sigmas=(0.1, 1.0),
+                      progress=False)
+    assert list(other["models"]) == ["gaussian-P1"] and other["n_test"] == 30  # another protocol: a new table
+    assert other["models"]["gaussian-P1"]["fit_seconds"] != before
+
+
+def test_sampling_runner(tmp_path, capsys):
+    """benchmarks/generation.py is a configuration list for experiments.run_samples."""
+    import json
+
+    from wavescore.experiments import run_samples, samples_table
+
+    res = run_samples([dict(family="gaussian"), dict(family="independent", degree=3)], "digits", tmp_path, n=16,
+                      steps=4, progress=False)
+    assert set(res["models"]) == {"gaussian-P1", "independent-P3"}
+    on_disk = json.loads((tmp_path / "generation.json").read_text())
+    assert (tmp_path / "generation.md").read_text() == samples_table(on_disk)
+    q = on_disk["models"]["gaussian-P1"]
+    assert q["wavelet_packet_fd"]["samples"] > 0 and (tmp_path / "gaussian-P1.png").exists()

@@ -22,7 +22,7 @@ import torch
 from ._io import write_bytes_atomic, write_json
 from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
-__all__ = ["run_table", "markdown_table", "row_name"]
+__all__ = ["run_table", "markdown_table", "run_samples", "samples_table", "row_name"]
 
 
 def row_name(machine) -> str:
@@ -43,15 +43,13 @@ def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str,
 
     out = Path(out)
     path = out / f"{stem}.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    result.setdefault("sigmas", [float(s) for s in sigmas])
-    result.setdefault("models", {})
-    result.update(data=data, command=" ".join(["python"] + sys.argv),
-                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                          f"torch {torch.__version__}")
     train = load_dataset(data, "train")
     test = load_dataset(data, "test", limit=limit_test)
-    result.update(n_train=int(train.shape[0]), n_test=int(test.shape[0]))
+    result = _resumable(path, data=data, n_train=int(train.shape[0]), n_test=int(test.shape[0]),
+                        sigmas=[float(s) for s in sigmas])
+    result.update(command=" ".join(["python"] + sys.argv),
+                  machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"torch {torch.__version__}")
     for cfg in configs:
         m = build_machine(cfg)
         name = row_name(m)
@@ -90,6 +88,19 @@ def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str,
     return result
 
 
+def _resumable(path: Path, **protocol) -> dict:
+    """The stored result at ``path`` when it was made with the same protocol (data, image counts,
+    sigmas), so a rerun adds only the missing rows; else a fresh one: rows measured another way
+    are never mixed into one table."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old and all(old.get(k) == v for k, v in protocol.items()):
+        return old
+    if old:
+        print(f"{path}: made with {({k: old.get(k) for k in protocol})}, now {protocol}: starting a new table",
+              file=sys.stderr)
+    return {**protocol, "models": {}}
+
+
 def markdown_table(result: dict, *, label: str = "model", digits: int = 3, fit_digits: int = 0,
                    relative_to: str | None = "gaussian-P1") -> str:
     """One row per model, machines first (best machine per sigma in bold), then networks; then,
@@ -114,4 +125,69 @@ def markdown_table(result: dict, *, label: str = "model", digits: int = 3, fit_d
                 rel = [f"{100 * (a / g - 1):+.1f}%" if abs(a / g - 1) >= 5e-4 else "0.0%"
                        for a, g in zip(v["mse"], ref["mse"])]
                 lines.append(f"| {name} vs {relative_to} | | " + " | ".join(rel) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_samples(configs: Sequence[dict], data: str, out: Path | str, *, n: int = 256, steps: int = 18,
+                nets: Sequence[str] = (), progress: bool = True) -> dict:
+    """Fit every configuration on ``data``'s training split, then draw ``n`` samples from each
+    model (and each network checkpoint) from the same initial noise (seed 0, EDM's Heun
+    sampler) and measure their quality (``quality.sample_quality``). Writes one grid and one
+    nearest-neighbour figure per model, ``generation.json`` after every model and
+    ``generation.md``. A sampler that diverges is recorded, not fatal."""
+    from ._io import WavescoreError
+    from .datasets import load_dataset
+    from .models import build_machine
+    from .plots import save_image_grid
+    from .quality import sample_quality
+    from .samplers import sample
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_dataset(data, "train")
+    models = {}
+    for cfg in configs:
+        m = build_machine(cfg)
+        models[row_name(m)] = m.fit(train, progress=progress)
+    for path in nets:
+        from .networks import load_network
+
+        models[Path(path).stem] = load_network(path)
+    shape = tuple(train.shape[1:])
+    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = {"command": " ".join(["python"] + sys.argv), "n": n, "steps": steps, "sampler": "heun", "models": {}}
+    for name, m in models.items():
+        t0 = time.perf_counter()
+        try:
+            x = sample(m, n, steps=steps, shape=shape, noise=noise)
+        except WavescoreError as exc:  # e.g. a cubic score whose trajectory diverges
+            result["models"][name] = {"diverged": str(exc)}
+            print(name, "diverged:", exc, flush=True)
+            write_json(out / "generation.json", result)
+            continue
+        secs = time.perf_counter() - t0
+        save_image_grid(x[:64], out / f"{name}.png", ncol=16)
+        q = sample_quality(x, data, figure=out / f"{name}_nearest.png")
+        q["nearest_train_distance"].pop("per_sample")
+        q["sample_seconds"] = secs
+        result["models"][name] = q
+        print(name, f"{secs:.1f}s", q["classifier_fd"].get("samples"), q["wavelet_packet_fd"]["samples"], flush=True)
+        write_json(out / "generation.json", result)
+    write_bytes_atomic(out / "generation.md", samples_table(result).encode())
+    return result
+
+
+def samples_table(result: dict) -> str:
+    """One row per model: classifier and wavelet-packet Frechet distances (test references in
+    brackets), median nearest-training-image distance, memorised share, class histogram."""
+    lines = ["| model | classifier FD | wavelet-packet FD | median NN dist (test: ref) | memorised | classes |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, q in result["models"].items():
+        if "diverged" in q:
+            lines.append(f"| {name} | diverged | | | | |")
+            continue
+        nn, wp, clf = q["nearest_train_distance"], q["wavelet_packet_fd"], q["classifier_fd"]
+        lines.append(f"| {name} | {clf['samples']:.1f} (ref {clf['test_reference']:.1f}) | {wp['samples']:.2f} "
+                     f"(ref {wp['test_reference']:.2f}) | {nn['samples_median']:.3f} ({nn['test_median']:.3f}) | "
+                     f"{100 * nn['samples_below_test_1pct']:.1f}% | {clf['class_histogram']} |")
     return "\n".join(lines) + "\n"
