@@ -22,11 +22,24 @@ import torch
 from ._io import write_bytes_atomic, write_json
 from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
-__all__ = ["run_table", "markdown_table", "run_samples", "samples_table", "row_name"]
+__all__ = ["fit_models", "run_table", "markdown_table", "run_samples", "samples_table", "row_name"]
 
 
 def row_name(machine) -> str:
     return machine.name + ("-select" if getattr(machine, "select", False) else "")
+
+
+def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool = True) -> tuple[dict, dict]:
+    """``({name: fitted machine}, {name: fit seconds})`` for every configuration (``models.build_machine``)."""
+    from .models import build_machine
+
+    models, seconds = {}, {}
+    for cfg in configs:
+        t0 = time.perf_counter()
+        m = build_machine(cfg).fit(train, progress=progress)
+        models[m.name] = m
+        seconds[m.name] = time.perf_counter() - t0
+    return models, seconds
 
 
 def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str, title: str,
@@ -137,7 +150,6 @@ def run_samples(configs: Sequence[dict], data: str, out: Path | str, *, n: int =
     ``generation.md``. A sampler that diverges is recorded, not fatal."""
     from ._io import WavescoreError
     from .datasets import load_dataset
-    from .models import build_machine
     from .plots import save_image_grid
     from .quality import sample_quality
     from .samplers import sample
@@ -145,10 +157,7 @@ def run_samples(configs: Sequence[dict], data: str, out: Path | str, *, n: int =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = load_dataset(data, "train")
-    models = {}
-    for cfg in configs:
-        m = build_machine(cfg)
-        models[row_name(m)] = m.fit(train, progress=progress)
+    models = fit_models(configs, train, progress=progress)[0]
     for path in nets:
         from .networks import load_network
 

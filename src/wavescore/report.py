@@ -43,7 +43,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     from .datasets import load_dataset
     from .evaluation import evaluate_denoisers
     from .machine import ScoreMachine
-    from .models import build_machine
+    from .experiments import fit_models
     from .plots import plot_mse_curves, save_image_grid
     from .samplers import sample
 
@@ -66,12 +66,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         stages.update()
         write_json(out / "report.json", report)  # partial results survive a later failure
     t_fit = time.perf_counter()
-    machines, fit_s = {}, {}
-    for cfg in configs:
-        t0 = time.perf_counter()
-        m = build_machine(cfg).fit(train, progress=progress)
-        machines[m.name] = m
-        fit_s[m.name] = time.perf_counter() - t0
+    machines, fit_s = fit_models(configs, train, progress=progress)
     report["fit_seconds"] = fit_s
     report["timings"]["fit"] = time.perf_counter() - t_fit
     stage_done()
