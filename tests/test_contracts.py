@@ -181,3 +181,21 @@ def test_sampling_runner(tmp_path, capsys):
     assert (tmp_path / "generation.md").read_text() == samples_table(on_disk)
     q = on_disk["models"]["gaussian-P1"]
     assert q["wavelet_packet_fd"]["samples"] > 0 and (tmp_path / "gaussian-P1.png").exists()
+
+
+@pytest.mark.parametrize("make", [lambda: ScoreMachine(family="parent", degree=2, batch_size=479),
+                                  lambda: GatedMachine(sigmas=(0.05, 0.5), select=False, batch_size=479)])
+def test_partial_fit_equals_fit(digits, make):
+    x = digits[0]
+    whole = make().fit(x, progress=False)
+    parts = make()
+    for s in range(0, len(x), 479):
+        parts.partial_fit(x[s : s + 479])
+    assert parts.n_samples_ == whole.n_samples_ == len(x)
+    y = digits[1][:10].double() + 0.3 * torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(3),
+                                                    dtype=torch.float64)
+    assert torch.equal(parts.denoise(y, 0.3), whole.denoise(y, 0.3))
+    with pytest.raises(WavescoreError, match="select=False"):
+        ScoreMachine(select=True).partial_fit(x)
+    with pytest.raises(WavescoreError, match="shape"):
+        parts.partial_fit(torch.zeros(4, 1, 16, 16))

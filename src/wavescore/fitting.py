@@ -70,6 +70,7 @@ def stream_fit(machine, data, *, progress: bool = True):
     """Fit ``machine`` in one pass over ``data`` ((N, C, H, W) tensor or an iterable of
     batches); returns the machine with ``fit_time_`` set."""
     machine._validate()
+    machine.__dict__.pop("_partial_sums", None)  # a fit starts afresh
     t0 = time.perf_counter()
     total = -(-len(data) // machine.batch_size) if isinstance(data, (torch.Tensor, np.ndarray)) else None
     sums = held = None
@@ -145,6 +146,30 @@ class Estimator:
             raise
         if "device" in params and hasattr(self, "to"):
             self.to(self.device)
+        return self
+
+    def partial_fit(self, batch):
+        """Add a batch (N, C, H, W) to the machine's sums and solve again (scikit-learn's
+        ``partial_fit``): calls over consecutive batches equal one ``fit`` of their concatenation
+        when each batch is a multiple of ``batch_size`` (the same updates in the same order). The
+        first batch fixes the structure. A held-out choice needs the whole data: select=False."""
+        if self.select:
+            raise WavescoreError(f"partial_fit cannot hold images out for the held-out choice: "
+                                 f"use {type(self).__name__}(select=False) or fit(data)")
+        batch = check_images(batch, "partial_fit")
+        sums = self.__dict__.get("_partial_sums")
+        if sums is None:
+            self._validate()
+            sums = self.begin(batch)
+        elif tuple(batch.shape[1:]) != self.shape_:
+            raise WavescoreError(f"partial_fit: this machine takes images of shape {self.shape_}, "
+                                 f"got {tuple(batch.shape[1:])}")
+        t0 = time.perf_counter()
+        for b in iter_batches(batch, self.batch_size):
+            self.update_sums(sums, self.coefficients(b))
+        self._partial_sums = sums
+        self.set_sums(sums, None)
+        self.fit_time_ = getattr(self, "fit_time_", 0.0) + time.perf_counter() - t0
         return self
 
     # ---------------------------------------------------------------- files (.wsm, _io.write_archive)
