@@ -116,6 +116,11 @@ def test_two_models_with_one_name_keep_both_columns(tmp_path, capsys):
     assert len(models) == 2 and all(str(p) in name for p, name in zip((a, b), models))
     mse = [v["mse"][0] for v in models.values()]
     assert mse[0] != mse[1]  # two different fits, both reported
+    cmp = tmp_path / "cmp"
+    assert main(["compare", "--models", str(a), str(b), "empirical", "--data", "digits", "-n", "20", "--sigmas", "0.5",
+                 "-o", str(cmp)]) == 0
+    rows = json.loads((cmp / "compare.json").read_text())["r2"]["empirical"]
+    assert len(rows) == 2 and all(str(p) in name for p, name in zip((a, b), rows))
 
 
 def test_progress_bars_stay_out_of_logs(tmp_path):
