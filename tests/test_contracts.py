@@ -199,3 +199,22 @@ def test_partial_fit_equals_fit(digits, make):
         ScoreMachine(select=True).partial_fit(x)
     with pytest.raises(WavescoreError, match="shape"):
         parts.partial_fit(torch.zeros(4, 1, 16, 16))
+
+
+def test_machine_files_of_the_previous_release_still_load(digits):
+    """tests/data/v1-*.wsm were written by the code before the redesign (commit ba4ef4d) from the
+    first 300 training digits; they load and equal a fresh fit of the same configuration."""
+    from pathlib import Path
+
+    from wavescore.models import load_model
+
+    data = Path(__file__).parent / "data"
+    x = digits[0][:300]
+    fresh = {"local-r1-P1": ScoreMachine(family="local").fit(x, progress=False),
+             "gated": GatedMachine(sigmas=(0.05, 0.5), select=False, batch_size=300).fit(x, progress=False)}
+    y = digits[1][:8].double() + 0.2
+    for stem, new in fresh.items():
+        _, old = load_model(str(data / f"v1-{stem}.wsm"))
+        assert type(old) is type(new) and old.get_params() == new.get_params()
+        for s in (0.05, 0.3, 2.0):
+            torch.testing.assert_close(old.denoise(y, s), new.denoise(y, s), rtol=1e-12, atol=1e-12)

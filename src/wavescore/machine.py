@@ -756,41 +756,29 @@ class ScoreMachine(Estimator, Denoiser):
             "fit_time": getattr(self, "fit_time_", None),
             "choice": getattr(self, "choice_", None),
         }
-        arrays = {"shift": acc.shift.cpu().numpy(), "scale": acc.scale.cpu().numpy()}
-        for k, gram in enumerate(acc.grams):
-            arrays[f"gram{k}"] = gram.cpu().numpy()
-        if isinstance(acc, MixedMomentAccumulator):
-            arrays["cross_sum"], arrays["mono_sum"] = acc.cross_sum.cpu().numpy(), acc.mono_sum.cpu().numpy()
+        arrays = {k: v.numpy() for k, v in acc.state_dict().items() if k != "count"}  # the count is in the header
         return write_archive(path, header, arrays)
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arrays: dict, hint: str) -> "ScoreMachine":
-        try:
-            shift, scale = arrays["shift"], arrays["scale"]
-            grams = [arrays[f"gram{k}"] for k in range(int(header["groups"]))]
-        except KeyError as exc:
-            raise WavescoreError(f"{path} is corrupt or truncated (missing {exc}): {hint}") from None
-        cross = {k: arrays[k] for k in ("cross_sum", "mono_sum") if k in arrays}
         params = dict(header["params"])
         params["device"] = checks.load_device(params.get("device", "cpu"))  # fitted on a GPU, loaded without one
         machine = cls._from_params(path, params, hint)
         shape = tuple(int(v) for v in header["shape"])
         machine.shape_ = shape
         machine.transform_ = machine._structure(shape)[0]
-        D = machine.transform_.layout.size
-        if tuple(shift.shape) != (D,) or tuple(scale.shape) != (D,):
-            raise WavescoreError(f"{path} does not match its own configuration (standardisation of "
-                                 f"{tuple(shift.shape)} values for {D} coefficients): {hint}")
-        if any(not torch.isfinite(a).all() for a in [shift, scale, *grams, *cross.values()]):
-            raise WavescoreError(f"{path} holds NaN or inf moments: {hint}")
-        acc = machine._accumulator(shape, shift, scale)
-        mixed = isinstance(acc, MixedMomentAccumulator)
-        if [g.shape for g in grams] != [g.shape for g in acc.grams] or mixed != bool(cross) or (
-                mixed and cross["cross_sum"].shape != acc.cross_sum.shape):
-            raise WavescoreError(f"{path} does not match its own configuration (moment shapes differ): {hint}")
-        acc.grams, acc.count = grams, int(header["count"])
-        if mixed:
-            acc.cross_sum, acc.mono_sum = cross["cross_sum"], cross["mono_sum"]
+        if int(header["groups"]) != len(machine._structure(shape)[1]):
+            raise WavescoreError(f"{path} does not match its own configuration ({header['groups']} moment groups): {hint}")
+        try:
+            D = machine.transform_.layout.size  # placeholders of the right shape; the file's values replace them
+            acc = machine._accumulator(shape, torch.zeros(D, dtype=torch.float64), torch.ones(D, dtype=torch.float64))
+            if "cross_sum" in arrays and not hasattr(acc, "cross_sum"):
+                raise WavescoreError("cross moments for a family without a global linear term")
+            acc.load_state_dict({**arrays, "count": int(header["count"])})
+        except KeyError as exc:
+            raise WavescoreError(f"{path} is corrupt or truncated (missing {exc}): {hint}") from None
+        except WavescoreError as exc:
+            raise WavescoreError(f"{path} does not match its own configuration ({exc}): {hint}") from None
         machine.set_moments(acc)
         machine.fit_time_ = header.get("fit_time")
         ch = header.get("choice")

@@ -211,6 +211,26 @@ class MomentAccumulator:
 
     __add__ = merge
 
+    def state_dict(self) -> dict:
+        """The sums as named CPU tensors (what a machine file stores): count, standardisation, Grams."""
+        out = {"count": torch.tensor(self.count), "shift": self.shift.cpu(), "scale": self.scale.cpu()}
+        out.update({f"gram{k}": g.cpu() for k, g in enumerate(self.grams)})
+        return out
+
+    def load_state_dict(self, state: dict) -> "MomentAccumulator":
+        """Adopt sums written by :meth:`state_dict`, checked against this accumulator's structure."""
+        grams = [state[f"gram{k}"] for k in range(len(self.grams))]  # KeyError: a missing array
+        if [tuple(g.shape) for g in grams] != [tuple(g.shape) for g in self.grams]:
+            raise WavescoreError("moment shapes differ from the configuration's")
+        if tuple(state["shift"].shape) != tuple(self.shift.shape) or tuple(state["scale"].shape) != tuple(self.scale.shape):
+            raise WavescoreError(f"standardisation of {tuple(state['shift'].shape)} values for "
+                                 f"{tuple(self.shift.shape)} coefficients")
+        if any(not torch.isfinite(t).all() for t in [state["shift"], state["scale"], *grams]):
+            raise WavescoreError("NaN or inf moments")
+        self.grams, self.count = grams, int(state["count"])
+        self.shift, self.scale = state["shift"].to(torch.float64), state["scale"].to(torch.float64)
+        return self
+
     def empty_like(self) -> "MomentAccumulator":
         out = type(self).__new__(type(self))
         out.groups, out.features, out.shared = self.groups, self.features, self.shared
@@ -364,6 +384,19 @@ class MixedMomentAccumulator(MomentAccumulator):
         return out
 
     __add__ = merge
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "cross_sum": self.cross_sum.cpu(), "mono_sum": self.mono_sum.cpu()}
+
+    def load_state_dict(self, state: dict) -> "MixedMomentAccumulator":
+        cross, mono = state["cross_sum"], state["mono_sum"]
+        if tuple(cross.shape) != tuple(self.cross_sum.shape) or tuple(mono.shape) != tuple(self.mono_sum.shape):
+            raise WavescoreError("cross-moment shapes differ from the configuration's")
+        if not (torch.isfinite(cross).all() and torch.isfinite(mono).all()):
+            raise WavescoreError("NaN or inf moments")
+        super().load_state_dict(state)
+        self.cross_sum, self.mono_sum = cross, mono
+        return self
 
     def empty_like(self) -> "MixedMomentAccumulator":
         out = super().empty_like()
