@@ -8,15 +8,16 @@ import numbers
 from ._io import WavescoreError
 
 
-def whole(name: str, value, minimum: int = 1, *, optional: bool = False):
-    """``value`` as an int >= ``minimum`` (None passes when ``optional``)."""
+def whole(name: str, value, minimum: int = 1, *, maximum: int | None = None, optional: bool = False):
+    """``value`` as an int in [minimum, maximum] (None passes when ``optional``)."""
     if value is None and optional:
         return None
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok and isinstance(value, float) and value.is_integer():
         ok, value = True, int(value)
-    if not ok or value < minimum:
-        raise WavescoreError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise WavescoreError(f"{name} must be a whole number {bound}, got {value!r}")
     return int(value)
 
 
@@ -71,6 +72,18 @@ def device(name) -> str:
     elif dev.type != "cpu":
         raise WavescoreError(f"device must be 'cpu' or 'cuda[:k]', got {name!r}")
     return str(name)
+
+
+def machine_settings(m) -> None:
+    """The constructor values every machine class shares (ridge, wavelet, levels, batch size,
+    memory cap, device), checked once here for all of them; normalised in place."""
+    m.ridge = real("ridge", m.ridge, minimum=0)
+    wavelet(m.wavelet)
+    m.levels = whole("levels", m.levels, 1, optional=True)
+    m.batch_size = whole("batch_size", m.batch_size, 1)
+    m.max_memory = real("max_memory", m.max_memory, above=0, optional=True, infinite=True)  # inf: no cap
+    if hasattr(m, "device"):
+        device(m.device)
 
 
 def load_device(name) -> str:

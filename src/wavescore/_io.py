@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     prefix = "." + path.name + "."
     removed = []
     try:
-        candidates = list(path.parent.glob(glob_escape(prefix) + "*.tmp"))
+        candidates = list(path.parent.glob(glob.escape(prefix) + "*.tmp"))
     except OSError:
         return removed
     for tmp in candidates:
@@ -64,13 +65,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
                 tmp.unlink()
                 removed.append(tmp)
     return removed
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob's special characters escaped (file names may hold ``[``)."""
-    import glob
-
-    return glob.escape(text)
 
 
 @contextlib.contextmanager

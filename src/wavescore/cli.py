@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import _checks as checks
 from ._io import WavescoreError
+from .models import DIFFUSERS_PREFIX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MODEL_HELP = ("models: machine files (.wsm), network checkpoints (.pt or .safetensors), 'diffusers:DIR' (a "
@@ -28,31 +30,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _argument(check):
+    """An argparse type from a ``_checks`` function: the constructors' check, its message as argparse's."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except WavescoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
 def _whole(minimum: int):
-    def parse(text: str) -> int:
+    def check(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
-        return value
-    return parse
+            value = text  # refused by checks.whole with the text in its message
+        return checks.whole("the value", value, minimum)
+    return _argument(check)
 
 
-def _real(*, minimum: float | None = None, above: float | None = None):
-    bound = f" >= {minimum:g}" if minimum is not None else f" > {above:g}" if above is not None else ""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if (not math.isfinite(value) or (minimum is not None and value < minimum)
-                or (above is not None and not value > above)):
-            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
-        return value
-    return parse
+def _real(**bounds):
+    return _argument(lambda text: checks.real("the value", text, **bounds))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -86,7 +85,7 @@ def _input_paths(*specs) -> list[Path]:
         for item in (spec if isinstance(spec, (list, tuple)) else [spec]):
             if item is None:
                 continue
-            item = str(item).split(":", 1)[1] if str(item).startswith("diffusers:") else str(item)
+            item = str(item).removeprefix(DIFFUSERS_PREFIX)
             if item and Path(item).exists():
                 out.append(Path(item))
     return out

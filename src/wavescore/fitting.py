@@ -165,12 +165,16 @@ class Estimator:
             raise WavescoreError(f"partial_fit: this machine takes images of shape {self.shape_}, "
                                  f"got {tuple(batch.shape[1:])}")
         t0 = time.perf_counter()
-        for b in iter_batches(batch, self.batch_size):
-            self.update_sums(sums, self.coefficients(b))
-        self._partial_sums = sums
+        self._partial_sums = self.add_batches(sums, iter_batches(batch, self.batch_size))
         self.set_sums(sums, None)
         self.fit_time_ = getattr(self, "fit_time_", 0.0) + time.perf_counter() - t0
         return self
+
+    def add_batches(self, sums, batches):
+        """Add image batches to ``sums`` (in place) and return them: partial fits and shards."""
+        for b in batches:
+            self.update_sums(sums, self.coefficients(b))
+        return sums
 
     # ---------------------------------------------------------------- files (.wsm, _io.write_archive)
     _FILE: tuple = ()  # (format, version, what, hint) of the class's machine files

@@ -28,7 +28,7 @@ from . import _checks as checks
 from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget, stream_fit
-from .machine import _checks_common, score_images
+from .machine import score_images
 from .neighbourhoods import build_groups
 from .solver import gaussian_inverse, schur_solve
 from .transform import WaveletTransform
@@ -112,7 +112,7 @@ class GatedMachine(Estimator, Denoiser):
             raise WavescoreError(f"sigmas must be positive and increasing, got {self.sigmas}")
         if any(not np.isfinite(c) for c in self.scales + self.energy_scales):
             raise WavescoreError(f"gate scales must be finite, got {self.scales + self.energy_scales}")
-        _checks_common(self)
+        checks.machine_settings(self)
         if self.bands not in ("same", "all"):
             raise WavescoreError(f"bands must be 'same' or 'all', got {self.bands!r}")
         self.radius = checks.whole("radius", self.radius, 0)
@@ -207,13 +207,7 @@ class GatedMachine(Estimator, Denoiser):
     def shard_sums(self, batches) -> dict:
         """One shard's moment sums (a worker's task in a distributed fit); needs ``_setup`` or
         ``centre_`` and the structure of the reference."""
-        sums = self._empty_sums()
-        for batch in batches:
-            if tuple(batch.shape[1:]) != self.shape_:
-                raise WavescoreError(f"shard images {tuple(batch.shape[1:])}, the others {self.shape_}: "
-                                     "every shard must share one image shape")
-            self.update_sums(sums, self.coefficients(batch))
-        return sums
+        return self.add_batches(self._empty_sums(), batches)  # distributed.py checks the shard's shape
 
     def set_sums(self, sums: dict, choice: dict | None = None) -> "GatedMachine":
         """Adopt accumulated (e.g. merged) sums: solve every grid sigma; the machine is then fitted."""

@@ -35,18 +35,6 @@ SELECT_SIGMAS = tuple(float(s) for s in np.geomspace(0.002, 80.0, 16))
 SELECT_RIDGES = (1e-6, 1e-3)
 
 
-def _checks_common(m) -> None:
-    """The constructor values every machine class shares (ridge, wavelet, levels, batch size,
-    memory cap, device), checked once here for all of them."""
-    m.ridge = checks.real("ridge", m.ridge, minimum=0)
-    checks.wavelet(m.wavelet)
-    m.levels = checks.whole("levels", m.levels, 1, optional=True)
-    m.batch_size = checks.whole("batch_size", m.batch_size, 1)
-    m.max_memory = checks.real("max_memory", m.max_memory, above=0, optional=True, infinite=True)  # inf: no cap
-    if hasattr(m, "device"):
-        checks.device(m.device)
-
-
 def score_images(model, x: torch.Tensor, sigma, device) -> torch.Tensor:
     """The image-domain score of a fitted wavelet-domain model (``transform_``, ``shape_``,
     ``wavelet_score``): checks the input, one ``wavelet_score`` on ``device`` per distinct
@@ -144,7 +132,7 @@ class ScoreMachine(Estimator, Denoiser):
             raise WavescoreError(f"degree must be 1, 2 or 3, got {self.degree!r}")
         if self.family == "gaussian" and self.degree != 1:
             raise WavescoreError("the gaussian family is global and linear: use degree=1")
-        _checks_common(self)
+        checks.machine_settings(self)
         if self.bands not in ("same", "all"):
             raise WavescoreError(f"bands must be 'same' or 'all', got {self.bands!r}")
         self.radius = checks.whole("radius", self.radius, 0)
@@ -450,15 +438,10 @@ class ScoreMachine(Estimator, Denoiser):
         return m
 
     def shard_sums(self, batches) -> MomentAccumulator:
-        """One shard's moment sums (a worker's task)."""
+        """One shard's moment sums (a worker's task; distributed.py checks the shard's shape)."""
         st = self._shard_state
-        acc = self._accumulator(self.shape_, st["shift"].to(self.device), st["scale"].to(self.device))
-        for batch in batches:
-            if tuple(batch.shape[1:]) != self.shape_:
-                raise WavescoreError(f"shard images {tuple(batch.shape[1:])}, the others {self.shape_}: "
-                                     "every shard must share one image shape")
-            self.update_sums(acc, self.coefficients(batch))
-        return acc
+        return self.add_batches(self._accumulator(self.shape_, st["shift"].to(self.device),
+                                                  st["scale"].to(self.device)), batches)
 
     @staticmethod
     def merge_sums(a: MomentAccumulator, b: MomentAccumulator) -> MomentAccumulator:
@@ -766,8 +749,8 @@ class ScoreMachine(Estimator, Denoiser):
         machine = cls._from_params(path, params, hint)
         shape = tuple(int(v) for v in header["shape"])
         machine.shape_ = shape
-        machine.transform_ = machine._structure(shape)[0]
-        if int(header["groups"]) != len(machine._structure(shape)[1]):
+        machine.transform_, groups, _ = machine._structure(shape)
+        if int(header["groups"]) != len(groups):
             raise WavescoreError(f"{path} does not match its own configuration ({header['groups']} moment groups): {hint}")
         try:
             D = machine.transform_.layout.size  # placeholders of the right shape; the file's values replace them

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _checks as checks
 from .denoiser import check_images, check_sigma, tweedie_score
 from ._io import WavescoreError, atomic_path, sha256_file, write_json
 
@@ -39,31 +40,6 @@ __all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "sav
 
 FORMAT = "wavescore-network"
 FORMAT_VERSION = 1
-
-
-def _whole(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
-    """``value`` as an int if it is a whole number in [minimum, maximum] (not a bool), else a WavescoreError."""
-    try:
-        ok = (not isinstance(value, (bool, str)) and int(value) == value and value >= minimum
-              and (maximum is None or value <= maximum))
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise WavescoreError(f"{name} must be a whole number {bound}, got {value!r}")
-    return int(value)
-
-
-def _finite(value, name: str, positive: bool = True, nonnegative: bool = False) -> float:
-    """``value`` as a float if it is finite (and > 0 / >= 0 as asked), else a WavescoreError."""
-    try:
-        v = float(value) if not isinstance(value, (bool, str)) else math.nan
-    except (TypeError, ValueError, OverflowError):
-        v = math.nan
-    if not math.isfinite(v) or (positive and v <= 0) or (nonnegative and v < 0):
-        need = " > 0" if positive else " >= 0" if nonnegative else ""
-        raise WavescoreError(f"{name} must be a finite number{need}, got {value!r}")
-    return v
 
 
 def _noise_features(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
@@ -99,9 +75,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, channels: int = 1, width: int = 64, depth: int = 8, kernel: int = 3, padding: str = "zeros"):
         super().__init__()
-        channels = _whole(channels, "SmallCNN channels")
-        width = _whole(width, "SmallCNN width")
-        depth, kernel = _whole(depth, "SmallCNN depth"), _whole(kernel, "SmallCNN kernel")
+        channels = checks.whole("SmallCNN channels", channels)
+        width = checks.whole("SmallCNN width", width)
+        depth, kernel = checks.whole("SmallCNN depth", depth), checks.whole("SmallCNN kernel", kernel)
         if depth < 2 or kernel < 1 or kernel % 2 == 0:
             raise WavescoreError(f"SmallCNN needs depth >= 2 and an odd kernel, got depth={depth}, kernel={kernel}")
         if padding not in ("zeros", "circular"):
@@ -152,10 +128,10 @@ class SmallUNet(nn.Module):
 
     def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2, 2)):
         super().__init__()
-        channels, base = _whole(channels, "SmallUNet channels"), _whole(base, "SmallUNet base")
+        channels, base = checks.whole("SmallUNet channels", channels), checks.whole("SmallUNet base", base)
         if isinstance(mults, (str, bytes)) or not hasattr(mults, "__len__") or len(mults) == 0:
             raise WavescoreError(f"SmallUNet mults must be a non-empty list of whole numbers >= 1, got {mults!r}")
-        mults = tuple(_whole(m, "each of SmallUNet mults") for m in mults)
+        mults = tuple(checks.whole("each of SmallUNet mults", m) for m in mults)
         self.channels, self.mults = channels, tuple(mults)
         widths = [base * m for m in mults]
         emb_dim = 2 * base
@@ -483,18 +459,18 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
     if not isinstance(data, torch.Tensor) or data.dim() != 4 or not data.is_floating_point() or len(data) == 0:
         raise WavescoreError(f"data must be a non-empty float tensor (N, C, H, W), got "
                              f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
-    epochs = _whole(epochs, "epochs")
-    batch_size = _whole(batch_size, "batch_size")
-    lr = _finite(lr, "lr")
+    epochs = checks.whole("epochs", epochs)
+    batch_size = checks.whole("batch_size", batch_size)
+    lr = checks.real("lr", lr, above=0)
     try:
-        seed = _whole(seed, "seed", minimum=-(2**63), maximum=2**64 - 1)
+        seed = checks.whole("seed", seed, -(2**63), maximum=2**64 - 1)
     except WavescoreError:
         raise WavescoreError(f"seed must be a whole number (e.g. 0), got {seed!r}") from None
     if max_minutes is not None:
-        max_minutes = _finite(max_minutes, "max_minutes")
-    sigma_data = _finite(sigma_data, "sigma_data")
-    p_mean = _finite(p_mean, "p_mean", positive=False)
-    p_std = _finite(p_std, "p_std", positive=False, nonnegative=True)
+        max_minutes = checks.real("max_minutes", max_minutes, above=0)
+    sigma_data = checks.real("sigma_data", sigma_data, above=0)
+    p_mean = checks.real("p_mean", p_mean)
+    p_std = checks.real("p_std", p_std, minimum=0)
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise WavescoreError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     arch_kwargs = _check_arch_kwargs(arch, arch_kwargs)
