@@ -33,6 +33,7 @@ CONFIGS = [
     dict(family="gaussian+gates"),  # GatedMachine defaults: own gates c = 1, 2, 4; energy gates c = 1, 2; select
     dict(family="gaussian+gates", energy_scales=()),  # ablations: the own point mass alone ...
     dict(family="gaussian+gates", scales=()),  # ... and the neighbourhood energy alone
+    dict(family="strongest"),  # JointMachine: the two above joined in one solve per grid sigma, select
 ]
 
 

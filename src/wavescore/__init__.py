@@ -15,6 +15,7 @@ _LAZY = {
     "Layout": "transform",
     "ScoreMachine": "machine",
     "GatedMachine": "gates",
+    "JointMachine": "joint",
     "MomentAccumulator": "moments",
     "sample": "samplers",
     "Denoiser": "denoiser",

@@ -221,6 +221,18 @@ def _build_fit_machine(args: argparse.Namespace):
     from .machine import ScoreMachine
 
     distributed = bool(args.workers or args.scheduler)
+    if args.family == "strongest":
+        from .joint import JointMachine
+
+        ignored = [flag for flag, given in (("--shared", args.shared), ("--terms", args.terms is not None)) if given]
+        if ignored:
+            raise WavescoreError(f"{', '.join(ignored)} does not apply to --family strongest (its polynomial terms "
+                                 "are gaussian+gsm's, its gates set by --gate-scales and --energy-scales): drop it")
+        return JointMachine(degree=3 if args.degree is None else args.degree,
+                            scales=_floats(args.gate_scales or "1,2,4", "--gate-scales"),
+                            energy_scales=_floats(args.energy_scales or "1,2", "--energy-scales"),
+                            radius=args.radius, bands=args.bands, wavelet=args.wavelet, levels=args.levels,
+                            ridge=args.ridge, holdout=args.holdout, select=not distributed)
     if args.family == "gaussian+gates":
         from .gates import GatedMachine
 
@@ -237,7 +249,7 @@ def _build_fit_machine(args: argparse.Namespace):
     ignored = [flag for flag, given in (("--gate-scales", args.gate_scales is not None),
                                         ("--energy-scales", args.energy_scales is not None)) if given]
     if ignored:
-        raise WavescoreError(f"{', '.join(ignored)} applies only to --family gaussian+gates: drop it")
+        raise WavescoreError(f"{', '.join(ignored)} applies only to --family gaussian+gates and strongest: drop it")
     terms = None
     if args.terms is not None:
         try:
@@ -270,8 +282,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     if args.workers or args.scheduler:
         from .distributed import fit_distributed, row_shards
 
-        if args.family == "gaussian+gates":
-            print("gaussian+gates on a cluster: no held-out choice (the gated solution at every grid sigma)")
+        if args.family in ("gaussian+gates", "strongest"):
+            print(f"{args.family} on a cluster: no held-out choice (the joined solution at every grid sigma)")
         shards = row_shards(sources[0], args.shards, split=args.split) if len(sources) == 1 else sources
         fit_distributed(m, shards, workers=args.workers, scheduler=args.scheduler, split=args.split)
     else:

@@ -330,7 +330,7 @@ class GatedMachine(Estimator, Denoiser):
         return {"K": K, "ef": sums["g"][k] / n, "ff": (sums["ff"][k] / n).permute(2, 0, 1),
                 "stein": (sums["stein"][k] / n).T, "open": sums["p"][k].T}
 
-    def _system(self, sums: dict, k: int, basis) -> tuple:
+    def _system(self, sums: dict, k: int, basis, with_dead: bool = False) -> tuple:
         """The ridge-free parts of grid sigma k's joint system (method.md §8-9): the gates' cross
         moments in the eigenbasis KT (i, G, D), their covariance (D, G, G), Stein vector (D, G)
         and means (G, D)."""
@@ -353,7 +353,7 @@ class GatedMachine(Estimator, Denoiser):
             b[dead] = 0.0
             cf[dead.unsqueeze(-1) | dead.unsqueeze(-2)] = 0.0
             cf.diagonal(dim1=1, dim2=2)[dead] = 1.0
-        return KT, cf, b, ef
+        return (KT, cf, b, ef, dead) if with_dead else (KT, cf, b, ef)
 
     def _solve(self, system: tuple, k: int, basis, ridge: float):
         """Joint optimum at grid sigma k: beta (D, G), Z = V^T K beta (D, D) with

@@ -113,7 +113,7 @@ class ScoreMachine(Estimator, Denoiser):
     def _validate(self) -> None:
         preset = PRESETS.get(self.family)
         if preset is None or preset.machine != "score":
-            hint = (" (the gated machine: use GatedMachine(...) or make_machine(family='gaussian+gates'))"
+            hint = (f" (a {preset.machine} machine: use make_machine(family={self.family!r}))"
                     if preset is not None else "")
             names = [n for n, p in PRESETS.items() if p.machine == "score" and n != "mixed"]
             raise WavescoreError(f"unknown family {self.family!r}{hint}: choose one of "
@@ -615,12 +615,19 @@ class ScoreMachine(Estimator, Denoiser):
             self._mix = (lam.clamp_min(0), V, shift + scale * ubar, XcT, XcT @ (scale[:, None] * V))
         return self._mix
 
-    def _mixed_theta(self, sigma: float) -> list[torch.Tensor]:
+    def _mixed_theta(self, sigma: float, extra=None) -> list[torch.Tensor]:
         """Global linear plus local higher-order terms, jointly optimal (docs/method.md §8) by
         block elimination through the covariance eigenbasis (solver.schur_solve).
 
         Group 0's theta (D+1, D) holds the linear part of every output; each local group's
         theta holds its psi coefficients (degree >= 2) and the constant that centres them.
+
+        ``extra`` joins further features of every output into the same solve (method.md §10):
+        ``extra.block(k, rows, out, psi, e_psi)`` gives, for rows ``rows`` (outputs ``out``) of
+        local group k, their
+        rotated cross moments with the global terms (rows, E, D), their covariance with the
+        psi features (rows, F, E), their own covariance (rows, E, E) and Stein vector (rows, E);
+        ``extra.keep(out, beta)`` receives their coefficients.
         """
         acc = self.moments_
         D = acc.shift.shape[0]
@@ -641,7 +648,7 @@ class ScoreMachine(Estimator, Denoiser):
             psi = torch.as_tensor(np.nonzero((deg >= 2) & keep)[0])
             theta = G.new_zeros(g.n, feats.F)
             thetas.append(theta)
-            if len(psi) == 0:
+            if len(psi) == 0 and extra is None:
                 continue
             lin = torch.as_tensor([int(np.nonzero((feats.exps == np.eye(1, feats.m, l, dtype=np.int64)).all(1))[0][0])
                                    for l in range(feats.m)])
@@ -653,18 +660,29 @@ class ScoreMachine(Estimator, Denoiser):
             # Window rows: the true noisy cross moments (they gain the Stein term t^2 E[d psi / d u_j]).
             k_true = sc * (G[:, lin][:, :, psi] - G[:, 0, lin][:, :, None] * e_psi[:, None, :])
             delta = k_true - sc * KuT[q[:, None, :], nbr[:, :, None]]
-            blocks.append((g, theta, psi, q, nbr, e_psi, c_psi, b[:, psi], delta))
+            blocks.append((k + 1, g, theta, psi, q, nbr, e_psi, c_psi, b[:, psi], delta))
         del KuT  # only its window entries were needed: free it before the eigenbasis copy
         YqT = torch.sparse.mm(smooth, YT)  # (Q, D): the smoothed cross moments in the eigenbasis, w units
-        for g, theta, psi, q, nbr, e_psi, c_psi, b_psi, delta in blocks:
+        for k, g, theta, psi, q, nbr, e_psi, c_psi, b_psi, delta in blocks:
             # ~16 MB blocks: large enough for the batched products, small enough that the
             # allocator reuses them instead of mapping fresh pages every chunk.
-            chunk = max(1, int(1.6e7 // (8 * D * len(psi))))
+            chunk = max(1, int(1.6e7 // (8 * D * max(1, len(psi)))))
+            F = len(psi)
             for s in range(0, g.n, chunk):
                 rows = slice(s, s + chunk)
+                out = torch.as_tensor(g.out[rows])
                 KT = YqT[q[rows]] + delta[rows].transpose(1, 2) @ V[nbr[rows]]  # (rows, F, D)
-                beta, zb = schur_solve(KT, c_psi[rows], b_psi[rows], V[torch.as_tensor(g.out[rows])], inv, self.ridge)
-                R[:, torch.as_tensor(g.out[rows])] = zb.T
+                c, b_all = c_psi[rows], b_psi[rows]
+                if extra is not None:  # the joined features: a bordered system, one solve
+                    KT_e, cross, c_e, b_e = extra.block(k, rows, out, psi, e_psi[rows])
+                    KT = torch.cat([KT, KT_e], 1)
+                    c = torch.cat([torch.cat([c, cross], 2), torch.cat([cross.transpose(1, 2), c_e], 2)], 1)
+                    b_all = torch.cat([b_all, b_e], 1)
+                beta, zb = schur_solve(KT, c, b_all, V[out], inv, self.ridge)
+                R[:, out] = zb.T
+                if extra is not None:
+                    extra.keep(out, beta[:, F:])
+                    beta = beta[:, :F]
                 theta[rows, psi] = beta
                 theta[rows, 0] = -(beta * e_psi[rows]).sum(1)
         del YqT
@@ -677,8 +695,11 @@ class ScoreMachine(Estimator, Denoiser):
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64."""
+        return self._score_with(w, self.parameters(sigma))
+
+    def _score_with(self, w: torch.Tensor, thetas) -> torch.Tensor:
+        """theta . phi(w) of every output for the parameters ``thetas`` (one per group)."""
         acc = self.moments_
-        thetas = self.parameters(sigma)
         u = acc.standardise(w)
         out = torch.zeros_like(u)
         for g, feats, theta in zip(acc.groups, acc.features, thetas):

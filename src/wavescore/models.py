@@ -62,9 +62,10 @@ def load_model(spec: str, data=None, *, limit: int | None = None):
         return path.stem, model
     if path.suffix == ".wsm" or (path.exists() and path.is_file()):
         from .gates import FORMAT as GATED, GatedMachine, read_format
+        from .joint import FORMAT as JOINT, JointMachine
         from .machine import ScoreMachine
 
-        m = (GatedMachine if read_format(path) == GATED else ScoreMachine).load(path)
+        m = {GATED: GatedMachine, JOINT: JointMachine}.get(read_format(path), ScoreMachine).load(path)
         m.kind_ = "machine"
         return m.name, m
     raise WavescoreError(f"cannot load model {spec!r}: give a machine (.wsm), a network checkpoint (.pt or "

@@ -17,7 +17,7 @@ __all__ = ["Preset", "PRESETS", "make_machine", "mixed_presets"]
 class Preset:
     name: str
     description: str
-    machine: str = "score"  # "score": ScoreMachine(family=name); "gated": GatedMachine
+    machine: str = "score"  # "score": ScoreMachine(family=name); "gated": GatedMachine; "joint": JointMachine
     terms: Callable[[int, int, str], list] | None = None  # (degree, radius, bands) -> [Term] for mixed presets
 
 
@@ -46,6 +46,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                            "magnitudes one ring wider (method.md §8)", terms=_gsm),
     Preset("gaussian+gates", "the Gaussian score plus sigma-scaled shrinkage gates (GatedMachine, method.md §9)",
            machine="gated"),
+    Preset("strongest", "gaussian+gsm's polynomials and gaussian+gates' gates in one solve per grid sigma, with the "
+                        "held-out choice among them (JointMachine, method.md §10)", machine="joint"),
     Preset("mixed", "the terms declared by terms=[...]"),
 ]}
 
@@ -56,7 +58,7 @@ def mixed_presets() -> tuple[str, ...]:
 
 def make_machine(family: str = "local", **params):
     """An unfitted machine of ``family`` configured by ``params``: a GatedMachine for
-    ``gaussian+gates``, else ``ScoreMachine(family=family, **params)``."""
+    ``gaussian+gates``, a JointMachine for ``strongest``, else ``ScoreMachine(family=family, **params)``."""
     preset = PRESETS.get(family)
     if preset is None:
         raise WavescoreError(f"unknown family {family!r}: choose one of {', '.join(PRESETS)}")
@@ -64,6 +66,10 @@ def make_machine(family: str = "local", **params):
         from .gates import GatedMachine
 
         return GatedMachine(**params)
+    if preset.machine == "joint":
+        from .joint import JointMachine
+
+        return JointMachine(**params)
     from .machine import ScoreMachine
 
     return ScoreMachine(family=family, **params)
