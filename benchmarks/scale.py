@@ -72,15 +72,9 @@ def bench_accumulation(x, cfgs, repeats: int) -> dict:
 def exact_loss(m: ScoreMachine, thetas, sigma: float) -> float:
     """Expected DSM loss per coefficient, E|c(w_s) + z/s|^2 = 1/s^2 + theta^T G theta + 2 theta^T b
     (Stein), averaged over coefficients, from the clean moments (no sampling)."""
-    from wavescore.moments import noise_plan
-    from wavescore.solver import normal_equations
-
     acc = m.moments_
     total, count = 0.0, 0
-    for g, feats, clean, theta in zip(acc.groups, acc.features, m._clean, thetas):
-        cols = torch.as_tensor(g.nbr[0])
-        plan = None if feats.degree == 1 else noise_plan(feats)
-        G, b = normal_equations(clean, feats, plan, sigma / acc.scale[cols], acc.scale[cols[0]])
+    for g, (G, b), theta in zip(acc.groups, m.noisy_system(sigma), thetas):
         th = theta.to(torch.float64)
         j = (torch.einsum("rf,rfg,rg->r", th, G, th) + 2 * (th * b).sum(-1)).mean()
         total += float(j) * g.n + g.n / sigma**2

@@ -97,6 +97,10 @@ CASES = {
     "fit gates with degree": ["fit", "--data", "digits", "--family", "gaussian+gates", "--degree", "2", "-o", "new.wsm"],
     "fit gates with shared": ["fit", "--data", "digits", "--family", "gaussian+gates", "--shared", "-o", "new.wsm"],
     "fit gate scales without gates": ["fit", "--data", "digits", "--gate-scales", "1,2", "-o", "new.wsm"],
+    "fit strongest with shared": ["fit", "--data", "digits", "--family", "strongest", "--shared", "-o", "new.wsm"],
+    "fit strongest with degree 1": ["fit", "--data", "digits", "--family", "strongest", "--degree", "1", "-o", "new.wsm"],
+    "fit strongest gate scale 0": ["fit", "--data", "digits", "--family", "strongest", "--gate-scales", "0",
+                                   "-o", "new.wsm"],
     "train unet depth": ["train", "--arch", "unet", "--data", "digits", "--depth", "3", "-o", "n2.pt"],
     "fit select on a cluster": ["fit", "--data", "digits", "--select", "--workers", "1", "-o", "new.wsm"],
     # missing inputs

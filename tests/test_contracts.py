@@ -218,3 +218,20 @@ def test_machine_files_of_the_previous_release_still_load(digits):
         assert type(old) is type(new) and old.get_params() == new.get_params()
         for s in (0.05, 0.3, 2.0):
             torch.testing.assert_close(old.denoise(y, s), new.denoise(y, s), rtol=1e-12, atol=1e-12)
+
+
+def test_public_solver_state_for_benchmarks():
+    # benchmarks read the normal equations and score with given parameters through public
+    # methods (no private name crosses a layer): theta* solves G theta = -b (ridge 0).
+    from wavescore import ScoreMachine, load_dataset
+
+    x = load_dataset("digits", limit=400)
+    m = ScoreMachine(family="independent", degree=3, ridge=0.0).fit(x, progress=False)
+    thetas = m.parameters(0.3)
+    for (G, b), theta in zip(m.noisy_system(0.3), thetas):
+        resid = torch.einsum("rfg,rg->rf", G, theta) + b
+        assert float(resid.abs().max()) < 1e-8 * float(b.abs().max())
+    w = m.transform_.forward(x[:10].double())
+    assert torch.equal(m.score_with(w, thetas), m.wavelet_score(w, 0.3))
+    m.clear_cache()
+    assert torch.allclose(m.parameters(0.3)[1], thetas[1], rtol=0, atol=0)

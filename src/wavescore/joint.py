@@ -448,7 +448,7 @@ class JointMachine(Estimator, Denoiser):
             return self._gauss(w, s) + self.gates_._correction(w, k) / (s * s)
         if kind == "poly":
             return self.poly_.wavelet_score(w, s)
-        out = self.poly_._score_with(w, sol["thetas"])
+        out = self.poly_.score_with(w, sol["thetas"])
         return out + (self.gates_._features(w, s) * sol["beta"].T).sum(1) + sol["const"]
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -530,6 +530,27 @@ class ScoreMachine(Estimator, Denoiser):
             self._theta_cache.popitem(last=False)
         return thetas
 
+    def clear_cache(self) -> "ScoreMachine":
+        """Forget the solved parameters: the next ``parameters(sigma)`` solves afresh (timing)."""
+        self._require_fitted()
+        self._theta_cache.clear()
+        return self
+
+    def noisy_system(self, sigma: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per group of a family without a global linear term, the noisy Gram G (rows, F, F) and
+        Stein vector b (rows, F) at ``sigma`` (method.md §4-5): the objective is
+        ``theta^T G theta + 2 theta^T b + const``."""
+        self._require_fitted()
+        if self._global_mixed:
+            raise WavescoreError("noisy_system is per group: a family with a gaussian term is solved by block elimination")
+        acc = self.moments_
+        out = []
+        for g, feats, clean in zip(acc.groups, acc.features, self._clean):
+            cols = torch.as_tensor(g.nbr[0])
+            plan = None if feats.degree == 1 else noise_plan(feats)
+            out.append(normal_equations(clean, feats, plan, float(sigma) / acc.scale[cols], acc.scale[cols[0]]))
+        return out
+
     # ------------------------------------------------------------------ sub-families
     def feature_roles(self) -> list[list[str]]:
         """Per group, the role of each neighbourhood variable: "own", "orientation" (same
@@ -695,10 +716,11 @@ class ScoreMachine(Estimator, Denoiser):
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """Score in the wavelet domain: (N, D) noisy coefficients -> (N, D), float64."""
-        return self._score_with(w, self.parameters(sigma))
+        return self.score_with(w, self.parameters(sigma))
 
-    def _score_with(self, w: torch.Tensor, thetas) -> torch.Tensor:
-        """theta . phi(w) of every output for the parameters ``thetas`` (one per group)."""
+    def score_with(self, w: torch.Tensor, thetas) -> torch.Tensor:
+        """Wavelet-domain score theta . phi(w) of every output for given parameters ``thetas``
+        (one per group, as ``parameters`` returns them: e.g. interpolated between sigmas)."""
         acc = self.moments_
         u = acc.standardise(w)
         out = torch.zeros_like(u)
