@@ -190,6 +190,8 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
                    help="gaussian+gates: own-coefficient gate widths, in sigmas (default 1,2,4)")
     p.add_argument("--energy-scales", default=None,
                    help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas (default 1,2)")
+    p.add_argument("--components", type=_whole(1), default=None,
+                   help="mixture: the number of Gaussian components (default 100)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
@@ -221,6 +223,22 @@ def _build_fit_machine(args: argparse.Namespace):
     from .machine import ScoreMachine
 
     distributed = bool(args.workers or args.scheduler)
+    if args.family == "mixture":
+        from .mixture import MixtureMachine
+
+        ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
+                                            ("--terms", args.terms is not None), ("--select", args.select),
+                                            ("--gate-scales", args.gate_scales is not None),
+                                            ("--energy-scales", args.energy_scales is not None)) if given]
+        if ignored:
+            raise WavescoreError(f"{', '.join(ignored)} does not apply to --family mixture (set --components): drop it")
+        if distributed:
+            raise WavescoreError("a mixture fit runs in one process (its clustering sees every image): "
+                                 "drop --workers/--scheduler")
+        return MixtureMachine(components=100 if args.components is None else args.components,
+                              wavelet=args.wavelet, levels=args.levels)
+    if args.components is not None:
+        raise WavescoreError("--components applies only to --family mixture: drop it")
     if args.family == "strongest":
         from .joint import JointMachine
 

@@ -78,7 +78,7 @@ def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str,
         ev = evaluate_denoisers({name: m}, test, result["sigmas"], seed=0, progress=progress)["models"][name]
         ev.update(fit_seconds=fit_s, solve_seconds=solve_s, params=m.get_params(),
                   memory_estimate=m.memory_estimate(m.shape_))
-        if m.choice_:
+        if getattr(m, "choice_", None):
             ev["choice"] = m.choice_
         if save_machines:
             m.save(Path(save_machines) / f"{name}.wsm")

@@ -64,8 +64,10 @@ def load_model(spec: str, data=None, *, limit: int | None = None):
         from .gates import FORMAT as GATED, GatedMachine, read_format
         from .joint import FORMAT as JOINT, JointMachine
         from .machine import ScoreMachine
+        from .mixture import FORMAT as MIXTURE, MixtureMachine
 
-        m = {GATED: GatedMachine, JOINT: JointMachine}.get(read_format(path), ScoreMachine).load(path)
+        classes = {GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine}
+        m = classes.get(read_format(path), ScoreMachine).load(path)
         m.kind_ = "machine"
         return m.name, m
     raise WavescoreError(f"cannot load model {spec!r}: give a machine (.wsm), a network checkpoint (.pt or "

@@ -17,7 +17,7 @@ __all__ = ["Preset", "PRESETS", "make_machine", "mixed_presets"]
 class Preset:
     name: str
     description: str
-    machine: str = "score"  # "score": ScoreMachine(family=name); "gated": GatedMachine; "joint": JointMachine
+    machine: str = "score"  # "score": ScoreMachine(family=name); else GatedMachine, JointMachine, MixtureMachine
     terms: Callable[[int, int, str], list] | None = None  # (degree, radius, bands) -> [Term] for mixed presets
 
 
@@ -48,6 +48,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            machine="gated"),
     Preset("strongest", "gaussian+gsm's polynomials and gaussian+gates' gates in one solve per grid sigma, with the "
                         "held-out choice among them (JointMachine, method.md §10)", machine="joint"),
+    Preset("mixture", "a global Gaussian mixture of `components` full-covariance components: its noisy score is "
+                      "exact at every sigma (MixtureMachine, method.md §11)", machine="mixture"),
     Preset("mixed", "the terms declared by terms=[...]"),
 ]}
 
@@ -70,6 +72,10 @@ def make_machine(family: str = "local", **params):
         from .joint import JointMachine
 
         return JointMachine(**params)
+    if preset.machine == "mixture":
+        from .mixture import MixtureMachine
+
+        return MixtureMachine(**params)
     from .machine import ScoreMachine
 
     return ScoreMachine(family=family, **params)

@@ -1,0 +1,238 @@
+"""A global Gaussian mixture in the wavelet basis: a density term whose noisy score is exact at
+every sigma (issue 15, first part; docs/method.md §11).
+
+With p = sum_k pi_k N(mu_k, Sigma_k), the noisy density is p_s = sum_k pi_k N(mu_k, Sigma_k + s^2 I)
+(each component convolved with the noise), so with Sigma_k = U_k diag(lam_k) U_k^T
+
+    log N_k(y) = -1/2 sum_d log(2 pi (lam_kd + s^2)) - 1/2 sum_d (U_k^T (y - mu_k))_d^2 / (lam_kd + s^2)
+    score(y)   = sum_k r_k(y) (-U_k (U_k^T (y - mu_k)) / (lam_k + s^2)),   r = softmax_k(log pi_k + log N_k)
+
+in log-sum-exp: no overflow from sigma 0.002 to 80. One eigendecomposition per component serves
+every sigma. The wavelet basis is orthonormal, so this is the same density as in pixels.
+
+Fit: k-means++ seeding and Lloyd iterations in the top principal components (fast, seeded), then
+each component's weight, mean and full covariance from its members (hard assignments), with the
+covariance shrunk towards ``shrinkage`` x (mean variance) x I. The per-component sums (count,
+sum, sum of outer products) are the sufficient statistics: they merge exactly across shards.
+With one component it is the Gaussian score (its ridge = ``shrinkage``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _checks as checks
+from ._io import WavescoreError, write_archive
+from .denoiser import Denoiser, check_images
+from .fitting import Estimator, memory_budget
+from .machine import score_images
+from .transform import WaveletTransform
+
+__all__ = ["MixtureMachine", "kmeans"]
+
+FORMAT = "wavescore-mixture-machine"
+FORMAT_VERSION = 1
+
+
+def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
+    """Cluster labels (N,) of the rows of ``z``: k-means++ seeding, then Lloyd iterations; a
+    cluster left empty is re-seeded with the point farthest from its centre."""
+    gen = torch.Generator().manual_seed(seed)
+    n = z.shape[0]
+    sq = (z * z).sum(1)
+    centres = z[torch.randint(n, (1,), generator=gen)]
+    dist = (sq - 2 * z @ centres[0] + centres[0] @ centres[0]).clamp_min(0)
+    for _ in range(1, k):
+        total = float(dist.sum())
+        pick = torch.multinomial(dist / total, 1, generator=gen) if total > 0 else torch.randint(n, (1,), generator=gen)
+        centres = torch.cat([centres, z[pick]])
+        dist = torch.minimum(dist, (sq - 2 * z @ z[pick][0] + z[pick][0] @ z[pick][0]).clamp_min(0))
+    labels = torch.zeros(n, dtype=torch.long)
+    for _ in range(iterations):
+        d = sq[:, None] - 2 * z @ centres.T + (centres * centres).sum(1)[None]
+        best, labels = d.min(1)
+        counts = torch.bincount(labels, minlength=k)
+        for e in torch.nonzero(counts == 0).flatten().tolist():
+            far = int(best.argmax())
+            labels[far], best[far] = e, 0.0
+        counts = torch.bincount(labels, minlength=k).to(z.dtype)
+        centres = torch.zeros_like(centres).index_add_(0, labels, z) / counts[:, None]
+    return labels
+
+
+class MixtureMachine(Estimator, Denoiser):
+    """Global Gaussian mixture score (module docstring); preset ``mixture``.
+
+    Parameters
+    ----------
+    components : K, the number of mixture components (1: the Gaussian score).
+    shrinkage : each covariance gets ``shrinkage`` x (the data's mean variance) on its diagonal,
+        so no component is singular (MNIST's constant border coefficients).
+    pca_dims, iterations, seed : the k-means clustering (in the top principal components).
+    """
+
+    _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
+
+    def __init__(self, components: int = 100, shrinkage: float = 1e-4, pca_dims: int = 50, iterations: int = 30,
+                 wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
+                 max_memory: float | None = None):
+        self.components = components
+        self.shrinkage = shrinkage
+        self.pca_dims = pca_dims
+        self.iterations = iterations
+        self.wavelet = wavelet
+        self.levels = levels
+        self.seed = seed
+        self.batch_size = batch_size
+        self.max_memory = max_memory
+        self._validate()
+
+    def _validate(self) -> None:
+        self.components = checks.whole("components", self.components, 1)
+        self.pca_dims = checks.whole("pca_dims", self.pca_dims, 1)
+        self.iterations = checks.whole("iterations", self.iterations, 0)
+        self.seed = checks.whole("seed", self.seed, 0)
+        self.batch_size = checks.whole("batch_size", self.batch_size, 1)
+        if not checks.real("shrinkage", self.shrinkage) > 0:
+            raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {self.shrinkage}")
+        if not isinstance(self.wavelet, str):
+            raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {self.wavelet!r}")
+
+    @property
+    def name(self) -> str:
+        return f"mixture-K{self.components}"
+
+    def memory_estimate(self, shape, n_images: int | None = None) -> dict:
+        """Bytes a fit needs: the coefficients of every image, K covariances, their eigenbases
+        (and one eigendecomposition's work)."""
+        D = int(np.prod([int(v) for v in shape]))
+        n = n_images or 60000
+        total = int(1.1 * (2 * n * D + 3 * self.components * D * D + 4 * D * D) * 8)
+        return {"D": D, "total": total}
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, *, progress: bool = True) -> "MixtureMachine":
+        """Cluster, then each component's moments: ``data`` an (N, C, H, W) tensor."""
+        x = check_images(data, "fit", finite=True)
+        t0 = time.perf_counter()
+        if x.shape[0] < self.components:
+            raise WavescoreError(f"{self.components} components need at least as many images, got {x.shape[0]}: "
+                                 "lower components")
+        shape = tuple(int(v) for v in x.shape[1:])
+        est = self.memory_estimate(shape, x.shape[0])
+        if est["total"] > memory_budget(self.max_memory):
+            raise WavescoreError(f"{self.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
+                                 "GiB: use fewer components, fewer images or max_memory=")
+        self.shape_ = shape
+        self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
+        w = torch.cat([self.transform_.forward(x[s : s + self.batch_size].to(torch.float64))
+                       for s in range(0, x.shape[0], self.batch_size)])
+        mean = w.mean(0)
+        cov = torch.cov(w.T, correction=0)
+        p = min(self.pca_dims, w.shape[1])
+        basis = torch.linalg.eigh(cov)[1][:, -p:]
+        labels = kmeans((w - mean) @ basis, self.components, self.iterations, self.seed)
+        self.set_stats(self.statistics(w, labels), float(torch.diagonal(cov).mean()))
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def statistics(self, w: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Per-component sufficient statistics of coefficients ``w`` with hard ``labels``:
+        counts (K,), sums (K, D), outer-product sums (K, D, D). Sums: shards add exactly."""
+        K, D = self.components, w.shape[1]
+        out = {"count": torch.bincount(labels, minlength=K).to(torch.float64),
+               "sum": torch.zeros(K, D, dtype=torch.float64).index_add_(0, labels, w),
+               "outer": torch.zeros(K, D, D, dtype=torch.float64)}
+        for k in range(K):
+            xk = w[labels == k]
+            out["outer"][k] = xk.T @ xk
+        return out
+
+    @staticmethod
+    def merge_stats(a: dict, b: dict) -> dict:
+        return {k: a[k] + b[k] for k in a}
+
+    def set_stats(self, stats: dict, mean_variance: float) -> "MixtureMachine":
+        """Weights, means and shrunk covariances from the statistics, then one eigendecomposition
+        per component (every sigma's score follows from it)."""
+        n = stats["count"]
+        if (n < 1).any():
+            raise WavescoreError("a mixture component has no members: re-cluster or lower components")
+        self.weights_ = n / n.sum()
+        self.means_ = stats["sum"] / n[:, None]
+        cov = stats["outer"] / n[:, None, None] - self.means_[:, :, None] * self.means_[:, None, :]
+        cov.diagonal(dim1=1, dim2=2).add_(self.shrinkage * mean_variance)
+        lam, U = torch.linalg.eigh(cov)
+        self.lam_, self.U_ = lam.clamp_min(self.shrinkage * mean_variance * 1e-3), U
+        self.n_samples_ = int(n.sum())
+        self.mean_variance_ = float(mean_variance)
+        return self
+
+    # ------------------------------------------------------------------ score
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "U_"):
+            raise WavescoreError("this MixtureMachine is not fitted yet: call fit(data) or MixtureMachine.load(path)")
+
+    def log_density(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """log p_sigma(w) of noisy coefficients (N, D) -> (N,), exact (module docstring)."""
+        return torch.logsumexp(self._log_joint(w, sigma)[0], 1)
+
+    def _log_joint(self, w: torch.Tensor, sigma: float):
+        s2 = float(sigma) ** 2
+        inv = 1.0 / (self.lam_ + s2)  # (K, D)
+        logdet = torch.log(self.lam_ + s2).sum(1)
+        K, D = self.means_.shape
+        Uflat = self.U_.permute(1, 0, 2).reshape(D, K * D)  # one GEMM projects onto every component's basis
+        proj = (w @ Uflat).reshape(-1, K, D) - torch.einsum("kd,kde->ke", self.means_, self.U_)[None]
+        logp = torch.log(self.weights_)[None] - 0.5 * (logdet[None] + (proj * proj * inv[None]).sum(-1)
+                                                       + D * math.log(2 * math.pi))
+        return logp, proj, inv
+
+    def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """grad log p_sigma in the wavelet domain: (N, D) -> (N, D), float64."""
+        self._require_fitted()
+        sigma = float(sigma)
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        out = torch.empty_like(w)
+        step = max(1, int(2e8 // (8 * self.components * w.shape[1])))
+        for s in range(0, w.shape[0], step):
+            logp, proj, inv = self._log_joint(w[s : s + step], sigma)
+            r = torch.softmax(logp, 1)  # responsibilities, in log-sum-exp
+            t = (r[:, :, None] * proj * inv[None]).reshape(proj.shape[0], -1)  # (n, K D)
+            out[s : s + step] = -t @ self.U_.transpose(1, 2).reshape(-1, w.shape[1])
+        return out
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
+        self._require_fitted()
+        return score_images(self, x, sigma, "cpu")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        self._require_fitted()
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
+                  "count": self.n_samples_, "mean_variance": self.mean_variance_,
+                  "fit_time": getattr(self, "fit_time_", None)}
+        arrays = {"weights": self.weights_.numpy(), "means": self.means_.numpy(), "lam": self.lam_.numpy(),
+                  "U": self.U_.numpy()}
+        return write_archive(path, header, arrays)
+
+    @classmethod
+    def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "MixtureMachine":
+        m = cls._from_params(path, header["params"], hint)
+        m.shape_ = tuple(int(v) for v in header["shape"])
+        m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
+        K, D = m.components, m.transform_.layout.size
+        shapes = {"weights": (K,), "means": (K, D), "lam": (K, D), "U": (K, D, D)}
+        if any(k not in arr or tuple(arr[k].shape) != v for k, v in shapes.items()):
+            raise WavescoreError(f"{path} does not match its own configuration (arrays missing or of other shapes): {hint}")
+        if any(not torch.isfinite(a).all() for a in arr.values()) or not (arr["lam"] > 0).all():
+            raise WavescoreError(f"{path} holds non-finite or non-positive mixture arrays: {hint}")
+        m.weights_, m.means_, m.lam_, m.U_ = arr["weights"], arr["means"], arr["lam"], arr["U"]
+        m.n_samples_, m.mean_variance_, m.fit_time_ = header["count"], header["mean_variance"], header.get("fit_time")
+        return m
