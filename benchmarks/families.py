@@ -9,9 +9,7 @@ Results are saved after every model, and a rerun skips models already done.
 """
 from __future__ import annotations
 
-import argparse
-
-from wavescore.experiments import run_table
+from wavescore.experiments import table_main
 
 CONFIGS = [dict(family="gaussian", degree=1)]
 # (family, options, degrees per-position, degrees shared). Left out for time on a 2-core
@@ -30,16 +28,6 @@ for fam, extra, per_position, shared in [
         CONFIGS.append(dict(family=fam, degree=p, shared=True, **extra))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--data", default="mnist")
-    ap.add_argument("--limit-test", type=int, default=None)
-    ap.add_argument("-o", "--output", default="benchmarks/results")
-    args = ap.parse_args()
-    run_table(CONFIGS, args.data, args.output, stem="families" if args.data == "mnist" else f"families-{args.data}",
-              title=f"{args.data}: denoising error", limit_test=args.limit_test,
-              table=dict(label="machine", digits=2, fit_digits=1, relative_to=None))
-
-
 if __name__ == "__main__":
-    main()
+    table_main(CONFIGS, "families", "denoising error", __doc__.splitlines()[1], label="machine", digits=2,
+               fit_digits=1, relative_to=None)

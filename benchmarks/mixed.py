@@ -13,9 +13,7 @@ every model; a rerun skips models already done).
 """
 from __future__ import annotations
 
-import argparse
-
-from wavescore.experiments import run_table
+from wavescore.experiments import table_main
 
 STRONGEST_TERMS = [
     {"family": "gaussian"},
@@ -37,20 +35,5 @@ CONFIGS = [
 ]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="mnist")
-    ap.add_argument("--limit-test", type=int, default=None)
-    ap.add_argument("--nets", nargs="*", default=[], help="trained network checkpoints (.pt) to add as rows")
-    ap.add_argument("-o", "--output", default="benchmarks/results")
-    ap.add_argument("--save-machines", default=None, help="folder to keep the fitted machines (.wsm)")
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="fit only the models whose names start with one of these (e.g. gaussian-P1 gaussian+gates)")
-    args = ap.parse_args()
-    run_table(CONFIGS, args.data, args.output, stem="mixed" if args.data == "mnist" else f"mixed-{args.data}",
-              title=f"{args.data}: mixed-degree machines against the Gaussian score", limit_test=args.limit_test,
-              nets=args.nets, only=args.only, save_machines=args.save_machines)
-
-
 if __name__ == "__main__":
-    main()
+    table_main(CONFIGS, "mixed", "mixed-degree machines against the Gaussian score", __doc__.splitlines()[0])

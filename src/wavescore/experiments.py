@@ -101,6 +101,27 @@ def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str,
     return result
 
 
+def table_main(configs: Sequence[dict], stem: str, title: str, description: str, *, argv=None, **table) -> dict:
+    """The command line every table benchmark shares (``benchmarks/*.py`` are a list of
+    configurations and one call of this): ``--data`` (default mnist), ``--limit-test``,
+    ``--nets`` (checkpoints added as rows), ``-o``, ``--only`` and ``--save-machines``; the
+    output stem gets ``-DATA`` for data other than mnist. ``table``: :func:`markdown_table` options."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--limit-test", type=int, default=None)
+    ap.add_argument("--nets", nargs="*", default=[], help="trained network checkpoints (.pt) to add as rows")
+    ap.add_argument("-o", "--output", default="benchmarks/results")
+    ap.add_argument("--save-machines", default=None, help="folder to keep the fitted machines (.wsm)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="fit only the models whose names start with one of these (e.g. gaussian-P1 gaussian+gates)")
+    args = ap.parse_args(argv)
+    return run_table(configs, args.data, args.output, stem=stem if args.data == "mnist" else f"{stem}-{args.data}",
+                     title=f"{args.data}: {title}", limit_test=args.limit_test, nets=args.nets, only=args.only,
+                     save_machines=args.save_machines, table=table or None)
+
+
 def _resumable(path: Path, **protocol) -> dict:
     """The stored result at ``path`` when it was made with the same protocol (data, image counts,
     sigmas), so a rerun adds only the missing rows; else a fresh one: rows measured another way
@@ -115,9 +136,10 @@ def _resumable(path: Path, **protocol) -> dict:
 
 
 def markdown_table(result: dict, *, label: str = "model", digits: int = 3, fit_digits: int = 0,
-                   relative_to: str | None = "gaussian-P1") -> str:
+                   relative_to: str | None = "gaussian-P1", relative_prefixes: tuple = ()) -> str:
     """One row per model, machines first (best machine per sigma in bold), then networks; then,
-    for every ``-select`` machine, its MSE relative to ``relative_to`` (negative: better)."""
+    for every ``-select`` machine (and every one whose name starts with one of
+    ``relative_prefixes``), its MSE relative to ``relative_to`` (negative: better)."""
     sig = result["sigmas"]
     models = result["models"]
     machines = {k: v for k, v in models.items() if "network" not in v}
@@ -133,7 +155,7 @@ def markdown_table(result: dict, *, label: str = "model", digits: int = 3, fit_d
     ref = models.get(relative_to) if relative_to else None
     if ref:
         for name, v in machines.items():
-            if name.endswith("-select"):
+            if name.endswith("-select") or name.startswith(tuple(relative_prefixes)):
                 # within rounding of the reference (the same model above a gated machine's grid): 0.0%
                 rel = [f"{100 * (a / g - 1):+.1f}%" if abs(a / g - 1) >= 5e-4 else "0.0%"
                        for a, g in zip(v["mse"], ref["mse"])]

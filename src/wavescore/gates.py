@@ -28,7 +28,7 @@ from . import _checks as checks
 from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget, stream_fit
-from .machine import score_images
+from .machine import WaveletScore
 from .neighbourhoods import build_groups
 from .solver import gaussian_inverse, schur_solve
 from .transform import WaveletTransform
@@ -64,7 +64,7 @@ def _log_e0(xsq: torch.Tensor, kappa: torch.Tensor, s2: float) -> torch.Tensor:
     return -0.5 * torch.log(d) - kappa * xsq / (2.0 * d)
 
 
-class GatedMachine(Estimator, Denoiser):
+class GatedMachine(Estimator, WaveletScore, Denoiser):
     """Gaussian score plus own and neighbourhood-energy gates, jointly optimal per sigma.
 
     Parameters
@@ -473,11 +473,6 @@ class GatedMachine(Estimator, Denoiser):
             for k, weight in self._brackets(sigma):
                 out[s0 : s0 + 2000] += (weight / sigma**2) * self._correction(wc, k)
         return out
-
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
-        self._require_fitted()
-        return score_images(self, x, sigma, "cpu")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

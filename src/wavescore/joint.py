@@ -39,7 +39,7 @@ from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser
 from .fitting import Estimator, memory_budget, noise_for, stream_fit
 from .gates import SIGMA_GRID, GatedMachine
-from .machine import ScoreMachine, score_images
+from .machine import ScoreMachine, WaveletScore
 
 __all__ = ["JointMachine", "cross_structure", "cross_moments"]
 
@@ -229,7 +229,7 @@ class _GateBlock:
         self.beta[out] = beta
 
 
-class JointMachine(Estimator, Denoiser):
+class JointMachine(Estimator, WaveletScore, Denoiser):
     """Gates and polynomials in one solve: the ``strongest`` preset (module docstring).
 
     Parameters
@@ -476,11 +476,6 @@ class JointMachine(Estimator, Denoiser):
                 acc += (weight * sk * sk / sigma**2) * corr
             out[s0 : s0 + 2000] = acc
         return out
-
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
-        self._require_fitted()
-        return score_images(self, x, sigma, "cpu")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

@@ -51,6 +51,16 @@ def score_images(model, x: torch.Tensor, sigma, device) -> torch.Tensor:
     return out
 
 
+class WaveletScore:
+    """``score`` for machines computed on the CPU in float64 from ``wavelet_score`` (the gated,
+    joint and mixture machines): checks, the wavelet transform and back (``score_images``)."""
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
+        self._require_fitted()
+        return score_images(self, x, sigma, "cpu")
+
+
 def _group_score(g, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """theta . phi for the outputs of group ``g``: (N, rows, F) features -> (N, g.n)."""
     if g.is_global:  # one feature row shared by every output: theta is (F, outputs)
@@ -113,8 +123,9 @@ class ScoreMachine(Estimator, Denoiser):
     def _validate(self) -> None:
         preset = PRESETS.get(self.family)
         if preset is None or preset.machine != "score":
-            hint = (f" (a {preset.machine} machine: use make_machine(family={self.family!r}))"
-                    if preset is not None else "")
+            cls = {"gated": "GatedMachine", "joint": "JointMachine", "mixture": "MixtureMachine"}.get(
+                getattr(preset, "machine", None))
+            hint = f" (the {cls}: use {cls}(...) or make_machine(family={self.family!r}))" if cls else ""
             names = [n for n, p in PRESETS.items() if p.machine == "score" and n != "mixed"]
             raise WavescoreError(f"unknown family {self.family!r}{hint}: choose one of "
                                  f"{', '.join(names)} or 'mixed' with terms=[...]")

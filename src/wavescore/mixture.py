@@ -29,7 +29,7 @@ from . import _checks as checks
 from ._io import WavescoreError, write_archive
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget
-from .machine import score_images
+from .machine import WaveletScore
 from .transform import WaveletTransform
 
 __all__ = ["MixtureMachine", "kmeans"]
@@ -64,7 +64,7 @@ def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
     return labels
 
 
-class MixtureMachine(Estimator, Denoiser):
+class MixtureMachine(Estimator, WaveletScore, Denoiser):
     """Global Gaussian mixture score (module docstring); preset ``mixture``.
 
     Parameters
@@ -206,11 +206,6 @@ class MixtureMachine(Estimator, Denoiser):
             t = (r[:, :, None] * proj * inv[None]).reshape(proj.shape[0], -1)  # (n, K D)
             out[s : s + step] = -t @ self.U_.transpose(1, 2).reshape(-1, w.shape[1])
         return out
-
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """grad_x log p_sigma(x) for images x (N, C, H, W); sigma a float or an (N,) tensor."""
-        self._require_fitted()
-        return score_images(self, x, sigma, "cpu")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
