@@ -15,12 +15,6 @@ from wavescore.features import monomials
 skimage = pytest.importorskip("skimage", reason="the photo-tiles datasets need scikit-image (the photos extra)")
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """Tests marked slow run only under ``-m slow`` (the marker's documented use)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with -m slow")
-
 
 # ----------------------------------------------------------------------------- photo tiles
 @pytest.mark.parametrize("size,n_train,n_test", [(64, 2569, 691), (128, 513, 92)])
