@@ -120,6 +120,13 @@ class Estimator:
         return [p.name for p in inspect.signature(cls.__init__).parameters.values()
                 if p.name != "self" and p.kind not in skip]
 
+    def _init_params(self, values: dict) -> None:
+        """Store the constructor's arguments as the configuration (``values``: its ``locals()``),
+        then check them: every class's ``__init__`` is this one call."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
+        self._validate()
+
     def get_params(self, deep: bool = True) -> dict:
         return {k: getattr(self, k) for k in self._param_names()}
 

@@ -88,21 +88,12 @@ class GatedMachine(Estimator, WaveletScore, Denoiser):
                  sigmas=SIGMA_GRID, wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
                  select: bool = True, holdout: float = 0.1, *, batch_size: int = 500,
                  max_memory: float | None = None):
-        self.scales = tuple(float(c) for c in scales)
-        self.energy_scales = tuple(float(c) for c in energy_scales)
-        self.radius = radius
-        self.bands = bands
-        self.sigmas = tuple(float(s) for s in sigmas)
-        self.wavelet = wavelet
-        self.levels = levels
-        self.ridge = ridge
-        self.select = select
-        self.holdout = holdout
-        self.batch_size = batch_size
-        self.max_memory = max_memory
-        self._validate()
+        self._init_params(locals())
 
     def _validate(self) -> None:
+        self.scales = tuple(float(c) for c in self.scales)
+        self.energy_scales = tuple(float(c) for c in self.energy_scales)
+        self.sigmas = tuple(float(s) for s in self.sigmas)
         if not self.scales and not self.energy_scales:
             raise WavescoreError("a gated machine needs at least one gate: give scales or energy_scales")
         if any(not c > 0 for c in self.scales + self.energy_scales):

@@ -250,22 +250,12 @@ class JointMachine(Estimator, WaveletScore, Denoiser):
                  energy_scales=(1.0, 2.0), sigmas=SIGMA_GRID, wavelet: str = "haar", levels: int | None = None,
                  ridge: float = 1e-6, select: bool = True, holdout: float = 0.1, *, batch_size: int = 500,
                  max_memory: float | None = None):
-        self.degree = degree
-        self.radius = radius
-        self.bands = bands
-        self.scales = tuple(float(c) for c in scales)
-        self.energy_scales = tuple(float(c) for c in energy_scales)
-        self.sigmas = tuple(float(s) for s in sigmas)
-        self.wavelet = wavelet
-        self.levels = levels
-        self.ridge = ridge
-        self.select = select
-        self.holdout = holdout
-        self.batch_size = batch_size
-        self.max_memory = max_memory
-        self._validate()
+        self._init_params(locals())
 
     def _validate(self) -> None:
+        self.scales = tuple(float(c) for c in self.scales)
+        self.energy_scales = tuple(float(c) for c in self.energy_scales)
+        self.sigmas = tuple(float(s) for s in self.sigmas)
         if isinstance(self.degree, bool) or self.degree not in (2, 3):
             raise WavescoreError(f"the joint machine's polynomial terms have degree 2 or 3, got {self.degree!r}")
         self._parts()  # each part validates its own settings

@@ -103,21 +103,7 @@ class ScoreMachine(Estimator, Denoiser):
                  bands: str = "same", wavelet: str = "haar", levels: int | None = None, ridge: float = 1e-6,
                  terms: list | None = None, select: bool = False, holdout: float = 0.1, *, batch_size: int = 1000,
                  device: str = "cpu", max_memory: float | None = None):
-        self.family = family
-        self.degree = degree
-        self.radius = radius
-        self.shared = shared
-        self.bands = bands
-        self.wavelet = wavelet
-        self.levels = levels
-        self.ridge = ridge
-        self.terms = terms
-        self.select = select
-        self.holdout = holdout
-        self.batch_size = batch_size
-        self.device = device
-        self.max_memory = max_memory
-        self._validate()
+        self._init_params(locals())
 
     # ------------------------------------------------------------------ configuration
     def _validate(self) -> None:

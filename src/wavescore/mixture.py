@@ -80,16 +80,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     def __init__(self, components: int = 100, shrinkage: float = 1e-4, pca_dims: int = 50, iterations: int = 30,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
                  max_memory: float | None = None):
-        self.components = components
-        self.shrinkage = shrinkage
-        self.pca_dims = pca_dims
-        self.iterations = iterations
-        self.wavelet = wavelet
-        self.levels = levels
-        self.seed = seed
-        self.batch_size = batch_size
-        self.max_memory = max_memory
-        self._validate()
+        self._init_params(locals())
 
     def _validate(self) -> None:
         self.components = checks.whole("components", self.components, 1)
