@@ -11,8 +11,9 @@ in log-sum-exp: no overflow from sigma 0.002 to 80. One eigendecomposition per c
 every sigma. The wavelet basis is orthonormal, so this is the same density as in pixels.
 
 Fit: k-means++ seeding and Lloyd iterations in the top principal components (fast, seeded), then
-each component's weight, mean and full covariance from its members (hard assignments), with the
-covariance shrunk towards ``shrinkage`` x (mean variance) x I. The per-component sums (count,
+each component's weight, mean and full covariance from its members (hard assignments), the
+covariance shrunk towards the pooled one (with the weight of ``prior`` images) and given
+``shrinkage`` x (mean variance) on its diagonal. The per-component sums (count,
 sum, sum of outer products) are the sufficient statistics: they merge exactly across shards.
 With one component it is the Gaussian score (its ridge = ``shrinkage``).
 """
@@ -70,6 +71,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     Parameters
     ----------
     components : K, the number of mixture components (1: the Gaussian score).
+    prior : each component's covariance is shrunk towards the pooled covariance with the weight
+        of ``prior`` images: (n_k Sigma_k + prior Sigma) / (n_k + prior).
     shrinkage : each covariance gets ``shrinkage`` x (the data's mean variance) on its diagonal,
         so no component is singular (MNIST's constant border coefficients).
     pca_dims, iterations, seed : the k-means clustering (in the top principal components).
@@ -77,7 +80,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
 
     _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
 
-    def __init__(self, components: int = 100, shrinkage: float = 1e-4, pca_dims: int = 50, iterations: int = 30,
+    def __init__(self, components: int = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
+                 iterations: int = 30,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
                  max_memory: float | None = None):
         self._init_params(locals())
@@ -88,6 +92,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         self.iterations = checks.whole("iterations", self.iterations, 0)
         self.seed = checks.whole("seed", self.seed, 0)
         self.batch_size = checks.whole("batch_size", self.batch_size, 1)
+        if not checks.real("prior", self.prior) >= 0:
+            raise WavescoreError(f"prior is a weight in images (>= 0), got {self.prior}")
         if not checks.real("shrinkage", self.shrinkage) > 0:
             raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {self.shrinkage}")
         if not isinstance(self.wavelet, str):
@@ -156,6 +162,12 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         self.weights_ = n / n.sum()
         self.means_ = stats["sum"] / n[:, None]
         cov = stats["outer"] / n[:, None, None] - self.means_[:, :, None] * self.means_[:, None, :]
+        # A component of n_k images spans at most n_k - 1 of the D directions; alone it would
+        # project every image onto that span at small sigma. The pooled covariance, with the
+        # weight of ``prior`` images (the conjugate prior's mean), fills the other directions.
+        total = stats["sum"].sum(0) / n.sum()
+        pooled = stats["outer"].sum(0) / n.sum() - torch.outer(total, total)
+        cov = (n[:, None, None] * cov + self.prior * pooled) / (n + self.prior)[:, None, None]
         cov.diagonal(dim1=1, dim2=2).add_(self.shrinkage * mean_variance)
         lam, U = torch.linalg.eigh(cov)
         self.lam_, self.U_ = lam.clamp_min(self.shrinkage * mean_variance * 1e-3), U
