@@ -104,11 +104,11 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         return f"mixture-K{self.components}"
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
-        """Bytes a fit needs: the coefficients of every image, K covariances, their eigenbases
-        (and one eigendecomposition's work)."""
+        """Bytes a fit needs: the coefficients of every image, the K covariances (built in place
+        of the outer-product sums), their eigenbases and eigh's copy; then scoring's flat copy."""
         D = int(np.prod([int(v) for v in shape]))
         n = n_images or 60000
-        total = int(1.1 * (2 * n * D + 3 * self.components * D * D + 4 * D * D) * 8)
+        total = int(1.2 * (2 * n * D + 4 * self.components * D * D + 4 * D * D) * 8)
         return {"D": D, "total": total}
 
     # ------------------------------------------------------------------ fit
@@ -133,7 +133,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         p = min(self.pca_dims, w.shape[1])
         basis = torch.linalg.eigh(cov)[1][:, -p:]
         labels = kmeans((w - mean) @ basis, self.components, self.iterations, self.seed)
-        self.set_stats(self.statistics(w, labels), float(torch.diagonal(cov).mean()))
+        self.set_stats(self.statistics(w, labels), float(torch.diagonal(cov).mean()), consume=True)
         self.fit_time_ = time.perf_counter() - t0
         return self
 
@@ -153,7 +153,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     def merge_stats(a: dict, b: dict) -> dict:
         return {k: a[k] + b[k] for k in a}
 
-    def set_stats(self, stats: dict, mean_variance: float) -> "MixtureMachine":
+    def set_stats(self, stats: dict, mean_variance: float, *, consume: bool = False) -> "MixtureMachine":
         """Weights, means and shrunk covariances from the statistics, then one eigendecomposition
         per component (every sigma's score follows from it)."""
         n = stats["count"]
@@ -161,13 +161,17 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
             raise WavescoreError("a mixture component has no members: re-cluster or lower components")
         self.weights_ = n / n.sum()
         self.means_ = stats["sum"] / n[:, None]
-        cov = stats["outer"] / n[:, None, None] - self.means_[:, :, None] * self.means_[:, None, :]
+        # in place (``consume``: the outer sums become the covariances): K x D x D tensors are the
+        # memory of this machine (memory_estimate)
+        total = stats["sum"].sum(0) / n.sum()
+        pooled = stats["outer"].sum(0) / n.sum() - torch.outer(total, total)
+        cov = (stats["outer"] if consume else stats["outer"].clone()).div_(n[:, None, None])
+        cov.baddbmm_(self.means_[:, :, None], self.means_[:, None, :], alpha=-1.0)
         # A component of n_k images spans at most n_k - 1 of the D directions; alone it would
         # project every image onto that span at small sigma. The pooled covariance, with the
         # weight of ``prior`` images (the conjugate prior's mean), fills the other directions.
-        total = stats["sum"].sum(0) / n.sum()
-        pooled = stats["outer"].sum(0) / n.sum() - torch.outer(total, total)
-        cov = (n[:, None, None] * cov + self.prior * pooled) / (n + self.prior)[:, None, None]
+        for k in range(cov.shape[0]):
+            cov[k].mul_(n[k] / (n[k] + self.prior)).add_(pooled, alpha=float(self.prior / (n[k] + self.prior)))
         cov.diagonal(dim1=1, dim2=2).add_(self.shrinkage * mean_variance)
         lam, U = torch.linalg.eigh(cov)
         self.lam_, self.U_ = lam.clamp_min(self.shrinkage * mean_variance * 1e-3), U
