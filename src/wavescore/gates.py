@@ -434,6 +434,10 @@ class GatedMachine(Estimator, WaveletScore, Denoiser):
         kind, ridge = ch["candidates"][ch["best"][k]]
         return float(ridge) if kind == "gated" else float(self.ridge)
 
+    def gaussian_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The machine's Gaussian part, -(Sigma + s^2 I)^{-1} (w - mu) (exact at any sigma, method.md §5)."""
+        return -(((w - self.mean_) @ self.V_) * gaussian_inverse(self.lam_, sigma, self.ridge)) @ self.V_.T
+
     def _correction(self, w: torch.Tensor, k: int) -> torch.Tensor:
         """What the gated machine at grid sigma k adds to the Gaussian denoiser, s_k^2 (s_gated - s_gauss):
         at sigma_k the sum is exactly the machine the held-out choice scored, its ridge included."""
@@ -456,11 +460,10 @@ class GatedMachine(Estimator, WaveletScore, Denoiser):
         sigma = float(sigma)
         if not sigma > 0 or not math.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
-        inv = gaussian_inverse(self.lam_, sigma, self.ridge)
         out = torch.empty_like(w)
         for s0 in range(0, w.shape[0], 2000):  # the gates hold (rows, G, D) features
             wc = w[s0 : s0 + 2000]
-            out[s0 : s0 + 2000] = -(((wc - self.mean_) @ self.V_) * inv) @ self.V_.T
+            out[s0 : s0 + 2000] = self.gaussian_score(wc, sigma)
             for k, weight in self._brackets(sigma):
                 out[s0 : s0 + 2000] += (weight / sigma**2) * self._correction(wc, k)
         return out

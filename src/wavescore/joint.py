@@ -422,20 +422,14 @@ class JointMachine(Estimator, WaveletScore, Denoiser):
         if not hasattr(self, "n_samples_"):
             raise WavescoreError("this JointMachine is not fitted yet: call fit(data) or JointMachine.load(path)")
 
-    def _gauss(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
-        g = self.gates_
-        from .solver import gaussian_inverse
-
-        return -(((w - g.mean_) @ g.V_) * gaussian_inverse(g.lam_, sigma, self.ridge)) @ g.V_.T
-
     def _grid_score(self, w: torch.Tensor, k: int, cand, sol) -> torch.Tensor:
         """The score of candidate ``cand`` at grid sigma k (what the held-out choice scores)."""
         s = self.sigmas[k]
         kind = cand[0]
         if kind == "gaussian":
-            return self._gauss(w, s)
+            return self.gates_.gaussian_score(w, s)
         if kind == "gated":
-            return self._gauss(w, s) + self.gates_._correction(w, k) / (s * s)
+            return self.gates_.gaussian_score(w, s) + self.gates_._correction(w, k) / (s * s)
         if kind == "poly":
             return self.poly_.wavelet_score(w, s)
         out = self.poly_.score_with(w, sol["thetas"])
@@ -459,10 +453,11 @@ class JointMachine(Estimator, WaveletScore, Denoiser):
                 k = brackets[0][0]
                 out[s0 : s0 + 2000] = self._grid_score(wc, k, self._picked(k), self.solutions_.get(k))
                 continue
-            acc = self._gauss(wc, sigma)
+            acc = self.gates_.gaussian_score(wc, sigma)
             for k, weight in brackets:
                 sk = self.sigmas[k]
-                corr = self._grid_score(wc, k, self._picked(k), self.solutions_.get(k)) - self._gauss(wc, sk)
+                corr = (self._grid_score(wc, k, self._picked(k), self.solutions_.get(k))
+                        - self.gates_.gaussian_score(wc, sk))
                 acc += (weight * sk * sk / sigma**2) * corr
             out[s0 : s0 + 2000] = acc
         return out
