@@ -191,7 +191,9 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-scales", default=None,
                    help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas (default 1,2)")
     p.add_argument("--components", type=_whole(1), default=None,
-                   help="mixture: the number of Gaussian components (default 100)")
+                   help="mixture: the number of Gaussian components (default 100); local-mixture: per band (default 64)")
+    p.add_argument("--basis", default=None, choices=["wavelet", "pixel"],
+                   help="local-mixture: neighbourhoods of wavelet coefficients or pixel patches (default pixel)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
@@ -237,8 +239,23 @@ def _build_fit_machine(args: argparse.Namespace):
                                  "drop --workers/--scheduler")
         return MixtureMachine(components=100 if args.components is None else args.components,
                               wavelet=args.wavelet, levels=args.levels)
+    if args.family == "local-mixture":
+        from .local_mixture import LocalMixtureMachine
+
+        ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
+                                            ("--terms", args.terms is not None), ("--select", args.select),
+                                            ("--gate-scales", args.gate_scales is not None),
+                                            ("--energy-scales", args.energy_scales is not None)) if given]
+        if ignored or distributed:
+            raise WavescoreError(f"{', '.join(ignored) or '--workers/--scheduler'} does not apply to --family "
+                                 "local-mixture (set --components, --radius, --basis, --bands): drop it")
+        return LocalMixtureMachine(components=64 if args.components is None else args.components, radius=args.radius,
+                                   bands=args.bands, basis=args.basis or "pixel", wavelet=args.wavelet,
+                                   levels=args.levels)
     if args.components is not None:
-        raise WavescoreError("--components applies only to --family mixture: drop it")
+        raise WavescoreError("--components applies only to --family mixture or local-mixture: drop it")
+    if args.basis is not None:
+        raise WavescoreError("--basis applies only to --family local-mixture: drop it")
     if args.family == "strongest":
         from .joint import JointMachine
 

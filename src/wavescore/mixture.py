@@ -33,7 +33,7 @@ from .fitting import Estimator, memory_budget
 from .machine import WaveletScore
 from .transform import WaveletTransform
 
-__all__ = ["MixtureMachine", "kmeans"]
+__all__ = ["MixtureMachine", "kmeans", "gmm_from_stats", "gmm_log_joint", "gmm_score"]
 
 FORMAT = "wavescore-mixture-machine"
 FORMAT_VERSION = 1
@@ -63,6 +63,65 @@ def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
         counts = torch.bincount(labels, minlength=k).to(z.dtype)
         centres = torch.zeros_like(centres).index_add_(0, labels, z) / counts[:, None]
     return labels
+
+
+def gmm_from_stats(stats: dict, prior: float, floor: float, *, consume: bool = False):
+    """Mixture parameters from per-component sums, batched over R independent mixtures:
+    ``count`` (R, K), ``sum`` (R, K, d), ``outer`` (R, K, d, d) -> weights (R, K), means
+    (R, K, d), eigenvalues (R, K, d) and eigenvectors (R, K, d, d) of the covariances.
+
+    Each covariance is shrunk towards its mixture's pooled covariance with the weight of
+    ``prior`` samples, (n_k Sigma_k + prior Sigma) / (n_k + prior): a component of n_k samples
+    spans at most n_k - 1 directions, and alone it would project every input onto that span at
+    small sigma. ``floor`` is added to every diagonal (no singular component). A component left
+    with under one sample (soft EM can empty one) takes the pooled mean; its weight stays ~0.
+    ``consume``: the outer sums become the covariances in place (the memory of a global mixture).
+    """
+    n, total_n = stats["count"], stats["count"].sum(1)  # (R, K), (R,)
+    mean_all = stats["sum"].sum(1) / total_n[:, None]  # (R, d)
+    pooled = stats["outer"].sum(1) / total_n[:, None, None] - mean_all[:, :, None] * mean_all[:, None, :]
+    live = n >= 1
+    means = torch.where(live[..., None], stats["sum"] / n.clamp_min(1e-300)[..., None], mean_all[:, None])
+    cov = (stats["outer"] if consume else stats["outer"].clone())
+    R, K = n.shape
+    for r in range(R):
+        for k in range(K):
+            if not live[r, k]:
+                cov[r, k] = pooled[r]
+                continue
+            ck = cov[r, k].div_(n[r, k])
+            ck.sub_(torch.outer(means[r, k], means[r, k]))
+            ck.mul_(n[r, k] / (n[r, k] + prior)).add_(pooled[r], alpha=float(prior / (n[r, k] + prior)))
+    cov.diagonal(dim1=-2, dim2=-1).add_(floor)
+    lam, U = torch.linalg.eigh(cov)
+    weights = (n / total_n[:, None]).clamp_min(1e-300)
+    return weights, means, torch.maximum(lam, torch.as_tensor(floor * 1e-3, dtype=lam.dtype)), U
+
+
+def gmm_log_joint(y: torch.Tensor, params, s2: float):
+    """log pi_k + log N(y; mu_k, Sigma_k + s2 I) (module docstring) for R mixtures at once:
+    y (R, n, d) -> (log joint (R, n, K), projections U_k^T (y - mu_k) (R, n, K, d), 1 / (lam + s2))."""
+    weights, means, lam, U = params
+    R, K, d = means.shape
+    inv = 1.0 / (lam + s2)  # (R, K, d)
+    logdet = torch.log(lam + s2).sum(-1)  # (R, K)
+    Uflat = U.permute(0, 2, 1, 3).reshape(R, d, K * d)  # one GEMM projects onto every component's basis
+    proj = (y @ Uflat).reshape(R, -1, K, d) - torch.einsum("rkd,rkde->rke", means, U)[:, None]
+    logp = torch.log(weights)[:, None] - 0.5 * (logdet[:, None] + (proj * proj * inv[:, None]).sum(-1)
+                                                + d * math.log(2 * math.pi))
+    return logp, proj, inv
+
+
+def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None) -> torch.Tensor:
+    """grad_y log sum_k pi_k N(y; mu_k, Sigma_k + s2 I), responsibilities in log-sum-exp (no
+    overflow from sigma 0.002 to 80): y (R, n, d) -> (R, n, d), or only coordinate ``row`` (R, n)."""
+    logp, proj, inv = gmm_log_joint(y, params, s2)
+    t = torch.softmax(logp, -1)[..., None] * proj * inv[:, None]  # (R, n, K, d)
+    U = params[3]
+    if row is not None:
+        return -torch.einsum("rnkd,rkd->rn", t, U[:, :, row, :])
+    R, n, K, d = t.shape
+    return -(t.reshape(R, n, K * d) @ U.transpose(2, 3).reshape(R, K * d, d))
 
 
 class MixtureMachine(Estimator, WaveletScore, Denoiser):
@@ -159,22 +218,9 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         n = stats["count"]
         if (n < 1).any():
             raise WavescoreError("a mixture component has no members: re-cluster or lower components")
-        self.weights_ = n / n.sum()
-        self.means_ = stats["sum"] / n[:, None]
-        # in place (``consume``: the outer sums become the covariances): K x D x D tensors are the
-        # memory of this machine (memory_estimate)
-        total = stats["sum"].sum(0) / n.sum()
-        pooled = stats["outer"].sum(0) / n.sum() - torch.outer(total, total)
-        cov = (stats["outer"] if consume else stats["outer"].clone()).div_(n[:, None, None])
-        cov.baddbmm_(self.means_[:, :, None], self.means_[:, None, :], alpha=-1.0)
-        # A component of n_k images spans at most n_k - 1 of the D directions; alone it would
-        # project every image onto that span at small sigma. The pooled covariance, with the
-        # weight of ``prior`` images (the conjugate prior's mean), fills the other directions.
-        for k in range(cov.shape[0]):
-            cov[k].mul_(n[k] / (n[k] + self.prior)).add_(pooled, alpha=float(self.prior / (n[k] + self.prior)))
-        cov.diagonal(dim1=1, dim2=2).add_(self.shrinkage * mean_variance)
-        lam, U = torch.linalg.eigh(cov)
-        self.lam_, self.U_ = lam.clamp_min(self.shrinkage * mean_variance * 1e-3), U
+        batched = {k: v[None] for k, v in stats.items()}
+        w, mu, lam, U = gmm_from_stats(batched, self.prior, self.shrinkage * mean_variance, consume=consume)
+        self.weights_, self.means_, self.lam_, self.U_ = w[0], mu[0], lam[0], U[0]
         self.n_samples_ = int(n.sum())
         self.mean_variance_ = float(mean_variance)
         return self
@@ -184,20 +230,12 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         if not hasattr(self, "U_"):
             raise WavescoreError("this MixtureMachine is not fitted yet: call fit(data) or MixtureMachine.load(path)")
 
+    def _params(self):
+        return self.weights_[None], self.means_[None], self.lam_[None], self.U_[None]
+
     def log_density(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """log p_sigma(w) of noisy coefficients (N, D) -> (N,), exact (module docstring)."""
-        return torch.logsumexp(self._log_joint(w, sigma)[0], 1)
-
-    def _log_joint(self, w: torch.Tensor, sigma: float):
-        s2 = float(sigma) ** 2
-        inv = 1.0 / (self.lam_ + s2)  # (K, D)
-        logdet = torch.log(self.lam_ + s2).sum(1)
-        K, D = self.means_.shape
-        Uflat = self.U_.permute(1, 0, 2).reshape(D, K * D)  # one GEMM projects onto every component's basis
-        proj = (w @ Uflat).reshape(-1, K, D) - torch.einsum("kd,kde->ke", self.means_, self.U_)[None]
-        logp = torch.log(self.weights_)[None] - 0.5 * (logdet[None] + (proj * proj * inv[None]).sum(-1)
-                                                       + D * math.log(2 * math.pi))
-        return logp, proj, inv
+        return torch.logsumexp(gmm_log_joint(w[None], self._params(), float(sigma) ** 2)[0][0], 1)
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """grad log p_sigma in the wavelet domain: (N, D) -> (N, D), float64."""
@@ -208,10 +246,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         out = torch.empty_like(w)
         step = max(1, int(2e8 // (8 * self.components * w.shape[1])))
         for s in range(0, w.shape[0], step):
-            logp, proj, inv = self._log_joint(w[s : s + step], sigma)
-            r = torch.softmax(logp, 1)  # responsibilities, in log-sum-exp
-            t = (r[:, :, None] * proj * inv[None]).reshape(proj.shape[0], -1)  # (n, K D)
-            out[s : s + step] = -t @ self.U_.transpose(1, 2).reshape(-1, w.shape[1])
+            out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2)[0]
         return out
 
     # ------------------------------------------------------------------ persistence

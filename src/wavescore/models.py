@@ -64,9 +64,10 @@ def load_model(spec: str, data=None, *, limit: int | None = None):
         from .gates import FORMAT as GATED, GatedMachine, read_format
         from .joint import FORMAT as JOINT, JointMachine
         from .machine import ScoreMachine
+        from .local_mixture import FORMAT as LOCAL_MIXTURE, LocalMixtureMachine
         from .mixture import FORMAT as MIXTURE, MixtureMachine
 
-        classes = {GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine}
+        classes = {GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine, LOCAL_MIXTURE: LocalMixtureMachine}
         m = classes.get(read_format(path), ScoreMachine).load(path)
         m.kind_ = "machine"
         return m.name, m

@@ -50,6 +50,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                         "held-out choice among them (JointMachine, method.md §10)", machine="joint"),
     Preset("mixture", "a global Gaussian mixture of `components` full-covariance components: its noisy score is "
                       "exact at every sigma (MixtureMachine, method.md §11)", machine="mixture"),
+    Preset("local-mixture", "a Gaussian mixture over each coefficient's neighbourhood (pixel patches or wavelet "
+                            "windows), shared over positions: the exact noisy marginal score at the centre "
+                            "(LocalMixtureMachine, method.md §12)", machine="local-mixture"),
     Preset("mixed", "the terms declared by terms=[...]"),
 ]}
 
@@ -76,6 +79,10 @@ def make_machine(family: str = "local", **params):
         from .mixture import MixtureMachine
 
         return MixtureMachine(**params)
+    if preset.machine == "local-mixture":
+        from .local_mixture import LocalMixtureMachine
+
+        return LocalMixtureMachine(**params)
     from .machine import ScoreMachine
 
     return ScoreMachine(family=family, **params)

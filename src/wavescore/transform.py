@@ -283,3 +283,29 @@ class WaveletTransform:
         """The dense D x D float64 matrix of ``forward`` (for tests and small images)."""
         eye = torch.eye(self.size, dtype=torch.float64).reshape(self.size, *self.shape)
         return self.forward(eye).T.contiguous()
+
+
+class PixelBasis:
+    """The identity basis: pixels as the coefficients, in flat (C, H, W) order, with the same
+    ``forward``/``inverse`` as :class:`WaveletTransform`. The local mixture's pixel-patch
+    variant (the reference point of issue 15's checks) runs through the wavelet code with it."""
+
+    def __init__(self, shape):
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise WavescoreError(f"shape must be (C, H, W) with positive sizes, got {shape}")
+        self.shape, self.size = shape, int(np.prod(shape))
+
+    def __repr__(self) -> str:
+        return f"PixelBasis(shape={self.shape})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.shape:
+            raise WavescoreError(f"images must have shape (N, {', '.join(map(str, self.shape))}), "
+                                 f"got {tuple(getattr(x, 'shape', ()))}")
+        return x.reshape(x.shape[0], self.size)
+
+    __call__ = forward
+
+    def inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(w.shape[0], *self.shape)

@@ -1,0 +1,272 @@
+"""A Gaussian mixture over each coefficient's neighbourhood: the local density term whose noisy
+score is exact at every sigma (issue 15; docs/method.md §12).
+
+For every group of outputs (a wavelet band and channel, or the pixels of a channel) the
+neighbourhoods u = w[N(i)] (method.md §3: a same-scale window, optionally with parents) follow
+a mixture sum_k pi_k N(mu_k, Sigma_k), pooled over positions (``shared=True``: translation
+equivariant) or one per position. Noise adds s^2 I to every covariance, so coefficient i's score
+is the centre coordinate of the noisy neighbourhood marginal's score (method.md §12):
+
+    score_i(y) = -sum_k r_k(y_N) [(Sigma_k + s^2 I)^-1 (y_N - mu_k)]_centre,
+    r = softmax_k(log pi_k + log N(y_N; mu_k, Sigma_k + s^2 I)).
+
+With K = 1 this is the local Gaussian (P = 1) machine with shared parameters (ScoreMachine
+family 'local'/'parent', degree 1); with every training neighbourhood a component of zero
+covariance it is the ELS machine written in the chosen basis. ``basis="pixel"`` takes pixel
+patches (circular), the reference point of the issue's checks.
+
+Fit per group: k-means++ and Lloyd iterations on at most ``max_samples`` neighbourhoods, then
+``em_iterations`` soft EM steps (mixture.gmm_from_stats is the M-step; its per-component sums
+merge exactly across shards: ``em_statistics``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from . import _checks as checks
+from ._io import WavescoreError, progress_bar, write_archive
+from .denoiser import Denoiser, check_images
+from .fitting import Estimator, memory_budget
+from .machine import WaveletScore
+from .mixture import gmm_from_stats, gmm_log_joint, gmm_score, kmeans
+from .neighbourhoods import Group, _window_offsets, build_groups
+from .transform import PixelBasis, WaveletTransform
+
+__all__ = ["LocalMixtureMachine", "em_statistics"]
+
+FORMAT = "wavescore-local-mixture-machine"
+FORMAT_VERSION = 1
+_CHUNK = 2e7  # doubles per (R, rows, K, d) temporary
+
+
+def em_statistics(u: torch.Tensor, params, resp: torch.Tensor | None = None) -> dict:
+    """One E-step's sufficient statistics of neighbourhoods ``u`` (R, S, d) under ``params``
+    (mixture.gmm_from_stats' output; or given one-hot ``resp`` (R, S, K)): per-component
+    responsibility sums (R, K), first moments (R, K, d) and second moments (R, K, d, d), with
+    the mean log-likelihood. Sums over samples, so shards add exactly."""
+    R, S, d = u.shape
+    K = params[1].shape[1] if resp is None else resp.shape[2]
+    out = {"count": torch.zeros(R, K, dtype=torch.float64), "sum": torch.zeros(R, K, d, dtype=torch.float64),
+           "outer": torch.zeros(R, K, d, d, dtype=torch.float64), "loglik": torch.zeros(R, dtype=torch.float64)}
+    step = max(1, int(_CHUNK // (R * K * d)))
+    for s in range(0, S, step):
+        us = u[:, s : s + step]
+        if resp is None:
+            logp = gmm_log_joint(us, params, 0.0)[0]
+            out["loglik"] += torch.logsumexp(logp, -1).sum(1)
+            r = torch.softmax(logp, -1)
+        else:
+            r = resp[:, s : s + step]
+        out["count"] += r.sum(1)
+        out["sum"] += r.transpose(1, 2) @ us
+        ru = (r[..., None] * us[:, :, None, :]).reshape(R, us.shape[1], K * d)
+        out["outer"] += (ru.transpose(1, 2) @ us).reshape(R, K, d, d)
+    return out
+
+
+def _pixel_groups(shape, radius: int) -> list[Group]:
+    """One group per channel: each pixel and its (2r+1)^2 circular window, centre first."""
+    c, h, w = shape
+    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(h), np.arange(w), indexing="ij"))
+    offsets = _window_offsets(SimpleNamespace(h=h, w=w), radius)
+    groups = []
+    for ch in range(c):
+        base = ch * h * w
+        nbr = np.stack([base + ((rows + dr) % h) * w + (cols + dc) % w for dr, dc in offsets], axis=1)
+        groups.append(Group(f"pixels/c{ch}", nbr[:, 0].copy(), nbr))
+    return groups
+
+
+class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
+    """Local Gaussian mixture score (module docstring); preset ``local-mixture``.
+
+    Parameters
+    ----------
+    components : K per group (band and channel; per position with ``shared=False``).
+    radius : the (2r+1)x(2r+1) same-scale window.
+    neighbourhood : "local" (the window) or "parent" (the window and the coarser coefficient
+        covering it; wavelet basis only).
+    bands : "same" (the window in the coefficient's own orientation) or "all" (all three).
+    basis : "wavelet" or "pixel" (pixel patches, circular).
+    shared : True: one mixture per group, pooled over positions; False: one per position.
+    prior, shrinkage : as in MixtureMachine: covariances shrunk towards the group's pooled one
+        with the weight of ``prior`` neighbourhoods, plus ``shrinkage`` x (mean variance) on the
+        diagonal.
+    em_iterations, kmeans_iterations, max_samples, seed : the fit: k-means then soft EM on at
+        most ``max_samples`` neighbourhoods per mixture (drawn with ``seed``; all when fewer).
+    """
+
+    _FILE = (FORMAT, FORMAT_VERSION, "local mixture machine", "refit it with make_machine('local-mixture', ...)")
+
+    def __init__(self, components: int = 16, radius: int = 1, neighbourhood: str = "local", bands: str = "same",
+                 basis: str = "wavelet", shared: bool = True, prior: float = 30.0, shrinkage: float = 1e-4,
+                 em_iterations: int = 5, kmeans_iterations: int = 20, max_samples: int = 200_000,
+                 wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
+                 max_memory: float | None = None):
+        self._init_params(locals())
+
+    def _validate(self) -> None:
+        self.components = checks.whole("components", self.components, 1)
+        self.radius = checks.whole("radius", self.radius, 0)
+        self.em_iterations = checks.whole("em_iterations", self.em_iterations, 0)
+        self.kmeans_iterations = checks.whole("kmeans_iterations", self.kmeans_iterations, 0)
+        self.max_samples = checks.whole("max_samples", self.max_samples, 1)
+        self.seed = checks.whole("seed", self.seed, 0)
+        self.batch_size = checks.whole("batch_size", self.batch_size, 1)
+        if self.neighbourhood not in ("local", "parent"):
+            raise WavescoreError(f"neighbourhood must be 'local' or 'parent', got {self.neighbourhood!r}")
+        if self.bands not in ("same", "all"):
+            raise WavescoreError(f"bands must be 'same' or 'all', got {self.bands!r}")
+        if self.basis not in ("wavelet", "pixel"):
+            raise WavescoreError(f"basis must be 'wavelet' or 'pixel', got {self.basis!r}")
+        if self.basis == "pixel" and (self.neighbourhood != "local" or self.bands != "same"):
+            raise WavescoreError("a pixel patch has no parents or orientations: basis='pixel' takes "
+                                 "neighbourhood='local', bands='same'")
+        if not isinstance(self.shared, bool):
+            raise WavescoreError(f"shared must be True or False, got {self.shared!r}")
+        if not checks.real("prior", self.prior) >= 0:
+            raise WavescoreError(f"prior is a weight in neighbourhoods (>= 0), got {self.prior}")
+        if not checks.real("shrinkage", self.shrinkage) > 0:
+            raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {self.shrinkage}")
+        if not isinstance(self.wavelet, str):
+            raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {self.wavelet!r}")
+
+    @property
+    def name(self) -> str:
+        nb = "" if self.neighbourhood == "local" else "-parent"
+        return (f"local-mixture-{self.basis}-K{self.components}-r{self.radius}{nb}"
+                f"{'-all' if self.bands == 'all' else ''}{'' if self.shared else '-per-position'}")
+
+    def _structure(self, shape):
+        if self.basis == "pixel":
+            return PixelBasis(shape), _pixel_groups(shape, self.radius)
+        t = WaveletTransform(shape, self.wavelet, self.levels)
+        return t, build_groups(t.layout, self.neighbourhood, self.radius, self.bands)
+
+    def memory_estimate(self, shape, n_images: int | None = None) -> dict:
+        """Bytes a fit needs: every image's coefficients (and their float64 copy), the sampled
+        neighbourhoods of one group and the E-step's chunked temporaries."""
+        D = int(np.prod([int(v) for v in shape]))
+        m = (2 * self.radius + 1) ** 2 * (3 if self.bands == "all" else 1) + 3
+        n = n_images or 60000
+        rows = self.max_samples * (1 if self.shared else D)
+        total = int(1.2 * (2 * n * D + 3 * rows * m + 4 * _CHUNK) * 8)
+        return {"D": D, "total": total}
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, *, progress: bool = True) -> "LocalMixtureMachine":
+        """k-means then soft EM per group: ``data`` an (N, C, H, W) tensor."""
+        x = check_images(data, "fit", finite=True)
+        t0 = time.perf_counter()
+        shape = tuple(int(v) for v in x.shape[1:])
+        est = self.memory_estimate(shape, x.shape[0])
+        if est["total"] > memory_budget(self.max_memory):
+            raise WavescoreError(f"{self.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
+                                 "GiB: lower max_samples, use fewer images or max_memory=")
+        transform, groups = self._structure(shape)
+        w = torch.cat([transform.forward(x[s : s + self.batch_size].to(torch.float64))
+                       for s in range(0, x.shape[0], self.batch_size)])
+        gen = torch.Generator().manual_seed(self.seed)
+        params, loglik = [], []
+        for g in progress_bar(groups, desc=f"fit {self.name}", unit="group", enabled=progress, leave=False):
+            u = self._samples(w, g, gen)
+            if u.shape[1] < self.components:
+                raise WavescoreError(f"{self.components} components need at least as many neighbourhoods per "
+                                     f"mixture; group {g.name} has {u.shape[1]}: lower components or use shared=True")
+            p, ll = self._fit_group(u)
+            params.append(p)
+            loglik.append(ll)
+        self.shape_, self.transform_, self.groups_ = shape, transform, groups
+        self.params_, self.loglik_ = params, loglik
+        self.n_samples_ = int(x.shape[0])
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _samples(self, w: torch.Tensor, g: Group, gen: torch.Generator) -> torch.Tensor:
+        """The training neighbourhoods of group ``g`` as (R, S, m): R = 1 pooled over positions
+        (``shared``) or R = positions; at most ``max_samples`` per mixture, drawn without bias."""
+        N, (n, m) = w.shape[0], g.nbr.shape
+        nbr = torch.from_numpy(g.nbr)
+        if self.shared:
+            if N * n <= self.max_samples:
+                return w[:, nbr].reshape(1, N * n, m)
+            pick = torch.randperm(N * n, generator=gen)[: self.max_samples]
+            return w[(pick // n)[:, None], nbr[pick % n]][None]
+        imgs = torch.randperm(N, generator=gen)[: self.max_samples] if N > self.max_samples else slice(None)
+        return w[imgs][:, nbr].permute(1, 0, 2).contiguous()
+
+    def _fit_group(self, u: torch.Tensor):
+        R, S, m = u.shape
+        floor = self.shrinkage * u.var(1).mean(-1).clamp_min(1e-300)  # (R,): per mixture's mean variance
+        K = self.components
+        resp = torch.zeros(R, S, K, dtype=torch.float64)
+        for r in range(R):
+            labels = kmeans(u[r], K, self.kmeans_iterations, self.seed + r)
+            resp[r, torch.arange(S), labels] = 1.0
+        stats = em_statistics(u, None, resp)
+        del resp
+        params = gmm_from_stats(stats, self.prior, floor[:, None, None])
+        ll = float("nan")
+        for _ in range(self.em_iterations):
+            stats = em_statistics(u, params)
+            ll = float(stats["loglik"].sum() / (R * S))
+            params = gmm_from_stats(stats, self.prior, floor[:, None, None])
+        return params, ll
+
+    # ------------------------------------------------------------------ score
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "params_"):
+            raise WavescoreError("this LocalMixtureMachine is not fitted yet: call fit(data) or "
+                                 "LocalMixtureMachine.load(path)")
+
+    def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The coefficients' scores (module docstring): (N, D) -> (N, D), float64."""
+        self._require_fitted()
+        sigma = float(sigma)
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        out = torch.zeros_like(w)
+        N = w.shape[0]
+        for g, p in zip(self.groups_, self.params_):
+            R, K, m = p[1].shape
+            y = w[:, torch.from_numpy(g.nbr)]  # (N, n, m)
+            y = y.reshape(1, -1, m) if R == 1 else y.permute(1, 0, 2)
+            step = max(1, int(_CHUNK // (R * K * m)))
+            sc = torch.cat([gmm_score(y[:, s : s + step], p, sigma**2, row=0) for s in range(0, y.shape[1], step)], 1)
+            out[:, torch.from_numpy(g.out)] = sc.reshape(N, g.n) if R == 1 else sc.T
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        self._require_fitted()
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
+                  "count": self.n_samples_, "loglik": self.loglik_, "fit_time": getattr(self, "fit_time_", None)}
+        arrays = {f"g{i}.{name}": a.numpy() for i, p in enumerate(self.params_)
+                  for name, a in zip(("weights", "means", "lam", "U"), p)}
+        return write_archive(path, header, arrays)
+
+    @classmethod
+    def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "LocalMixtureMachine":
+        m = cls._from_params(path, header["params"], hint)
+        m.shape_ = tuple(int(v) for v in header["shape"])
+        m.transform_, m.groups_ = m._structure(m.shape_)
+        m.params_ = []
+        for i, g in enumerate(m.groups_):
+            p = tuple(arr.get(f"g{i}.{k}") for k in ("weights", "means", "lam", "U"))
+            R = 1 if m.shared else g.n
+            K = m.components
+            want = ((R, K), (R, K, g.m), (R, K, g.m), (R, K, g.m, g.m))
+            if any(a is None or tuple(a.shape) != s for a, s in zip(p, want)):
+                raise WavescoreError(f"{path} does not match its own configuration (group {g.name}'s arrays are "
+                                     f"missing or of other shapes): {hint}")
+            if any(not torch.isfinite(a).all() for a in p) or not (p[2] > 0).all():
+                raise WavescoreError(f"{path} holds non-finite or non-positive mixture arrays: {hint}")
+            m.params_.append(p)
+        m.n_samples_, m.loglik_, m.fit_time_ = header["count"], header["loglik"], header.get("fit_time")
+        return m
