@@ -102,6 +102,7 @@ CASES = {
                                  "-o", "new.wsm"],
     "fit local-mixture with degree": ["fit", "--data", "digits", "--family", "local-mixture", "--degree", "2",
                                       "-o", "new.wsm"],
+    "fit mixture with basis": ["fit", "--data", "digits", "--family", "mixture", "--basis", "pixel", "-o", "new.wsm"],
     "fit basis without local-mixture": ["fit", "--data", "digits", "--basis", "pixel", "-o", "new.wsm"],
     "fit components without mixture": ["fit", "--data", "digits", "--components", "3", "-o", "new.wsm"],
     "fit strongest with shared": ["fit", "--data", "digits", "--family", "strongest", "--shared", "-o", "new.wsm"],

@@ -225,30 +225,26 @@ def _build_fit_machine(args: argparse.Namespace):
     from .machine import ScoreMachine
 
     distributed = bool(args.workers or args.scheduler)
-    if args.family == "mixture":
-        from .mixture import MixtureMachine
-
+    if args.family in ("mixture", "local-mixture"):
         ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
                                             ("--terms", args.terms is not None), ("--select", args.select),
                                             ("--gate-scales", args.gate_scales is not None),
-                                            ("--energy-scales", args.energy_scales is not None)) if given]
+                                            ("--energy-scales", args.energy_scales is not None),
+                                            ("--basis", args.family == "mixture" and args.basis is not None)) if given]
+        settable = "--components" if args.family == "mixture" else "--components, --radius, --basis, --bands"
         if ignored:
-            raise WavescoreError(f"{', '.join(ignored)} does not apply to --family mixture (set --components): drop it")
+            raise WavescoreError(f"{', '.join(ignored)} does not apply to --family {args.family} (set {settable}): "
+                                 "drop it")
         if distributed:
             raise WavescoreError("a mixture fit runs in one process (its clustering sees every image): "
                                  "drop --workers/--scheduler")
-        return MixtureMachine(components=100 if args.components is None else args.components,
-                              wavelet=args.wavelet, levels=args.levels)
-    if args.family == "local-mixture":
+        if args.family == "mixture":
+            from .mixture import MixtureMachine
+
+            return MixtureMachine(components=100 if args.components is None else args.components,
+                                  wavelet=args.wavelet, levels=args.levels)
         from .local_mixture import LocalMixtureMachine
 
-        ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
-                                            ("--terms", args.terms is not None), ("--select", args.select),
-                                            ("--gate-scales", args.gate_scales is not None),
-                                            ("--energy-scales", args.energy_scales is not None)) if given]
-        if ignored or distributed:
-            raise WavescoreError(f"{', '.join(ignored) or '--workers/--scheduler'} does not apply to --family "
-                                 "local-mixture (set --components, --radius, --basis, --bands): drop it")
         return LocalMixtureMachine(components=64 if args.components is None else args.components, radius=args.radius,
                                    bands=args.bands, basis=args.basis or "pixel", wavelet=args.wavelet,
                                    levels=args.levels)

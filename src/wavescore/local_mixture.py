@@ -34,7 +34,7 @@ from ._io import WavescoreError, progress_bar, write_archive
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget
 from .machine import WaveletScore
-from .mixture import gmm_from_stats, gmm_log_joint, gmm_score, kmeans
+from .mixture import check_mixture_params, gmm_from_stats, gmm_log_joint, gmm_score, kmeans
 from .neighbourhoods import Group, _window_offsets, build_groups
 from .transform import PixelBasis, WaveletTransform
 
@@ -112,13 +112,11 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
         self._init_params(locals())
 
     def _validate(self) -> None:
-        self.components = checks.whole("components", self.components, 1)
+        check_mixture_params(self)
         self.radius = checks.whole("radius", self.radius, 0)
         self.em_iterations = checks.whole("em_iterations", self.em_iterations, 0)
         self.kmeans_iterations = checks.whole("kmeans_iterations", self.kmeans_iterations, 0)
         self.max_samples = checks.whole("max_samples", self.max_samples, 1)
-        self.seed = checks.whole("seed", self.seed, 0)
-        self.batch_size = checks.whole("batch_size", self.batch_size, 1)
         if self.neighbourhood not in ("local", "parent"):
             raise WavescoreError(f"neighbourhood must be 'local' or 'parent', got {self.neighbourhood!r}")
         if self.bands not in ("same", "all"):
@@ -130,12 +128,6 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
                                  "neighbourhood='local', bands='same'")
         if not isinstance(self.shared, bool):
             raise WavescoreError(f"shared must be True or False, got {self.shared!r}")
-        if not checks.real("prior", self.prior) >= 0:
-            raise WavescoreError(f"prior is a weight in neighbourhoods (>= 0), got {self.prior}")
-        if not checks.real("shrinkage", self.shrinkage) > 0:
-            raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {self.shrinkage}")
-        if not isinstance(self.wavelet, str):
-            raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {self.wavelet!r}")
 
     @property
     def name(self) -> str:

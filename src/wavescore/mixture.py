@@ -65,6 +65,21 @@ def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
     return labels
 
 
+def check_mixture_params(m) -> None:
+    """The settings every mixture machine shares (components, prior, shrinkage, seed,
+    batch_size, wavelet), checked in one place for MixtureMachine and LocalMixtureMachine."""
+    m.components = checks.whole("components", m.components, 1)
+    m.seed = checks.whole("seed", m.seed, 0)
+    m.batch_size = checks.whole("batch_size", m.batch_size, 1)
+    if not checks.real("prior", m.prior) >= 0:
+        raise WavescoreError(f"prior is a weight in samples (images, or neighbourhoods for a local mixture; >= 0), "
+                             f"got {m.prior}")
+    if not checks.real("shrinkage", m.shrinkage) > 0:
+        raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {m.shrinkage}")
+    if not isinstance(m.wavelet, str):
+        raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {m.wavelet!r}")
+
+
 def gmm_from_stats(stats: dict, prior: float, floor: float, *, consume: bool = False):
     """Mixture parameters from per-component sums, batched over R independent mixtures:
     ``count`` (R, K), ``sum`` (R, K, d), ``outer`` (R, K, d, d) -> weights (R, K), means
@@ -146,17 +161,9 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         self._init_params(locals())
 
     def _validate(self) -> None:
-        self.components = checks.whole("components", self.components, 1)
+        check_mixture_params(self)
         self.pca_dims = checks.whole("pca_dims", self.pca_dims, 1)
         self.iterations = checks.whole("iterations", self.iterations, 0)
-        self.seed = checks.whole("seed", self.seed, 0)
-        self.batch_size = checks.whole("batch_size", self.batch_size, 1)
-        if not checks.real("prior", self.prior) >= 0:
-            raise WavescoreError(f"prior is a weight in images (>= 0), got {self.prior}")
-        if not checks.real("shrinkage", self.shrinkage) > 0:
-            raise WavescoreError(f"shrinkage must be > 0 (it keeps every covariance invertible), got {self.shrinkage}")
-        if not isinstance(self.wavelet, str):
-            raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {self.wavelet!r}")
 
     @property
     def name(self) -> str:
