@@ -1,6 +1,7 @@
 """The global Gaussian mixture machine (issue 15, docs/method.md §11): exact noisy score."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,20 @@ def test_cli_fit_and_evaluate(tmp_path):
     assert main(["evaluate", "--model", str(wsm), "--data", "digits", "--sigmas", "0.5", "-o", str(out)]) == 0
     res = json.loads(out.read_text())
     assert list(res["models"]) == ["mixture-K5"] and 0 < res["models"]["mixture-K5"]["mse"][0] < 0.1
+
+
+def test_auto_components_choose_by_held_out_error_and_round_trip(tmp_path):
+    from wavescore.mixture import AUTO_COMPONENTS
+
+    x = load_dataset("digits").double()
+    m = MixtureMachine(components="auto").fit(x, progress=False)
+    c = m.choice_
+    assert c["candidates"] == [k for k in AUTO_COMPONENTS if k <= (len(x) - 143) // 10] == [10, 30, 100]
+    score = [float(np.mean(np.log(e))) for e in c["held_out_mse"]]
+    assert c["chosen"] == c["candidates"][int(np.argmin(score))] == m.weights_.shape[0]
+    assert m.name == f"mixture-Kauto{c['chosen']}" and m.n_samples_ == len(x)
+    again = MixtureMachine.load(m.save(tmp_path / "auto.wsm"))
+    y = x[:20] + 0.3 * torch.randn(x[:20].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert again.choice_ == c and torch.allclose(again.denoise(y, 0.3), m.denoise(y, 0.3), rtol=0, atol=1e-12)
+    with pytest.raises(WavescoreError, match="auto"):
+        MixtureMachine(components="auto").fit(x[:50], progress=False)

@@ -50,6 +50,11 @@ def _whole(minimum: int):
     return _argument(check)
 
 
+@_argument
+def _whole_or_auto(text: str):
+    return "auto" if text == "auto" else checks.whole("the value", int(text) if text.lstrip("-").isdigit() else text, 1)
+
+
 def _real(**bounds):
     return _argument(lambda text: checks.real("the value", text, **bounds))
 
@@ -190,8 +195,9 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
                    help="gaussian+gates: own-coefficient gate widths, in sigmas (default 1,2,4)")
     p.add_argument("--energy-scales", default=None,
                    help="gaussian+gates: widths of the gates on the window-and-parent energy, in sigmas (default 1,2)")
-    p.add_argument("--components", type=_whole(1), default=None,
-                   help="mixture: the number of Gaussian components (default 100); local-mixture: per band (default 64)")
+    p.add_argument("--components", type=_whole_or_auto, default=None,
+                   help="mixture (and mixture+local-mixture's global part): the number of Gaussian components "
+                        "(default 100; auto: chosen by held-out denoising error); local-mixture: per band (default 64)")
     p.add_argument("--basis", default=None, choices=["wavelet", "pixel"],
                    help="local-mixture: neighbourhoods of wavelet coefficients or pixel patches (default pixel)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
@@ -225,13 +231,18 @@ def _build_fit_machine(args: argparse.Namespace):
     from .machine import ScoreMachine
 
     distributed = bool(args.workers or args.scheduler)
-    if args.family in ("mixture", "local-mixture"):
+    if args.family in ("mixture", "local-mixture", "mixture+local-mixture", "cascade"):
         ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
                                             ("--terms", args.terms is not None), ("--select", args.select),
                                             ("--gate-scales", args.gate_scales is not None),
                                             ("--energy-scales", args.energy_scales is not None),
-                                            ("--basis", args.family == "mixture" and args.basis is not None)) if given]
-        settable = "--components" if args.family == "mixture" else "--components, --radius, --basis, --bands"
+                                            ("--basis", args.family != "local-mixture" and args.basis is not None),
+                                            ("--bands", args.family != "local-mixture" and args.bands != "same"))
+                   if given]
+        settable = {"mixture": "--components", "local-mixture": "--components, --radius, --basis, --bands",
+                    "mixture+local-mixture": "--components for the global mixture, --radius for the local one",
+                    "cascade": "--components and --radius of the conditionals, --levels"}
+        settable = settable[args.family]
         if ignored:
             raise WavescoreError(f"{', '.join(ignored)} does not apply to --family {args.family} (set {settable}): "
                                  "drop it")
@@ -243,13 +254,29 @@ def _build_fit_machine(args: argparse.Namespace):
 
             return MixtureMachine(components=100 if args.components is None else args.components,
                                   wavelet=args.wavelet, levels=args.levels)
+        if args.family == "cascade":
+            from .cascade import CascadeMachine
+
+            return CascadeMachine(components=16 if args.components is None else args.components, radius=args.radius,
+                                  levels=args.levels, wavelet=args.wavelet)
+        if args.family == "mixture+local-mixture":
+            from .joined import DEFAULT_PARTS, JoinedMachine
+
+            gaussian, mixture, local, gated = (dict(p) for p in DEFAULT_PARTS)
+            if args.components is not None:
+                mixture["components"] = args.components
+            local["radius"] = args.radius
+            for part in (gaussian, mixture, gated):
+                part.update(wavelet=args.wavelet, levels=args.levels)
+            return JoinedMachine(parts=[gaussian, mixture, local, gated], wavelet=args.wavelet, levels=args.levels)
         from .local_mixture import LocalMixtureMachine
 
         return LocalMixtureMachine(components=64 if args.components is None else args.components, radius=args.radius,
                                    bands=args.bands, basis=args.basis or "pixel", wavelet=args.wavelet,
                                    levels=args.levels)
     if args.components is not None:
-        raise WavescoreError("--components applies only to --family mixture or local-mixture: drop it")
+        raise WavescoreError("--components applies only to --family mixture, local-mixture or mixture+local-mixture: "
+                             "drop it")
     if args.basis is not None:
         raise WavescoreError("--basis applies only to --family local-mixture: drop it")
     if args.family == "strongest":
@@ -386,7 +413,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     out = _output_file(args.output, inputs, suffixes=IMAGE_SUFFIXES, also=beside)
     (name, model), = _load_models([args.model], args.data).items()
     t0 = time.perf_counter()
-    x = sample(model, args.n, steps=args.steps, sampler=args.sampler, seed=args.seed)
+    sampler = args.sampler or ("cascade" if getattr(model, "coarse_to_fine", False) else "heun")
+    x = sample(model, args.n, steps=args.steps, sampler=sampler, seed=args.seed)
     seconds = time.perf_counter() - t0
     out.with_suffix(".json").unlink(missing_ok=True)  # never a description of other samples
     plots.save_image_grid(x, out)
@@ -395,7 +423,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, samples=x.float().numpy())
     meta = {"command": " ".join(sys.argv), "model": args.model, "name": name, "n": args.n, "steps": args.steps,
-            "sampler": args.sampler, "seed": args.seed, "seconds": seconds}
+            "sampler": sampler, "seed": args.seed, "seconds": seconds}
     if args.quality:
         from .quality import sample_quality
 
@@ -468,7 +496,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP.replace("models:", "a model:"))
     p.add_argument("-n", type=_whole(1), default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=_whole(1), default=18)
-    p.add_argument("--sampler", default="heun", choices=list(SAMPLERS))
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS) + ["cascade"],
+                   help="default: cascade for a cascade machine (coarse to fine, --steps per scale), else heun")
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--data", default="mnist", help="training data (for --quality)")
     p.add_argument("--quality", action="store_true", help="also measure sample quality against --data")

@@ -186,6 +186,13 @@ class Estimator:
     # ---------------------------------------------------------------- files (.wsm, _io.write_archive)
     _FILE: tuple = ()  # (format, version, what, hint) of the class's machine files
 
+    def save(self, path):
+        """Write the fitted machine to ``path`` (a .wsm archive), atomically: the header and
+        arrays of ``_archive``, which every machine class implements."""
+        from ._io import write_archive
+
+        return write_archive(path, *self._archive())
+
     @classmethod
     def load(cls, path):
         """The machine saved at ``path``; any damaged header or array is one WavescoreError."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, write_archive
+from ._io import WavescoreError
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget, stream_fit
 from .machine import WaveletScore
@@ -469,14 +469,14 @@ class GatedMachine(Estimator, WaveletScore, Denoiser):
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Write the configuration, the Gaussian moments and the per-sigma gate solution, atomically."""
+    def _archive(self) -> tuple[dict, dict]:
+        """The header and arrays of the machine file: the configuration, the Gaussian moments and the per-sigma gate solution."""
         self._require_fitted()
         header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
                   "count": self.n_samples_, "fit_time": getattr(self, "fit_time_", None), "choice": self.choice_}
         arrays = {"centre": self.centre_.numpy(), "mean": self.mean_.numpy(), "lam": self.lam_.numpy(),
                   "V": self.V_.numpy(), "beta": self.beta_.numpy(), "Z": self.Z_.numpy(), "const": self.const_.numpy()}
-        return write_archive(path, header, arrays)
+        return header, arrays
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "GatedMachine":

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import WavescoreError, write_archive
+from ._io import WavescoreError
 from .denoiser import Denoiser
 from .fitting import Estimator, memory_budget, noise_for, stream_fit
 from .gates import SIGMA_GRID, GatedMachine
@@ -463,8 +463,8 @@ class JointMachine(Estimator, WaveletScore, Denoiser):
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Both parts' fitted state and the joint solutions of the grid, in one file, atomically."""
+    def _archive(self) -> tuple[dict, dict]:
+        """Both parts' fitted state and the joint solutions of the grid, in one file."""
         self._require_fitted()
         arrays = {f"poly.{k}": v.numpy() for k, v in self.poly_.moments_.state_dict().items() if k != "count"}
         g = self.gates_
@@ -479,7 +479,7 @@ class JointMachine(Estimator, WaveletScore, Denoiser):
                   "count": self.n_samples_, "poly_count": self.poly_.moments_.count,
                   "groups": len(self.poly_.moments_.grams), "fit_time": getattr(self, "fit_time_", None),
                   "choice": self.choice_, "solved": sorted(self.solutions_)}
-        return write_archive(path, header, arrays)
+        return header, arrays
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "JointMachine":

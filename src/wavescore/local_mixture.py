@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, progress_bar, write_archive
+from ._io import WavescoreError, progress_bar
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget
 from .machine import WaveletScore
@@ -235,13 +235,13 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
+    def _archive(self) -> tuple[dict, dict]:
         self._require_fitted()
         header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
                   "count": self.n_samples_, "loglik": self.loglik_, "fit_time": getattr(self, "fit_time_", None)}
         arrays = {f"g{i}.{name}": a.numpy() for i, p in enumerate(self.params_)
                   for name, a in zip(("weights", "means", "lam", "U"), p)}
-        return write_archive(path, header, arrays)
+        return header, arrays
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "LocalMixtureMachine":

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, write_archive
+from ._io import WavescoreError
 from .denoiser import Denoiser, check_images, check_sigma
 from .fitting import Estimator, memory_budget, stream_fit
 from .features import monomial_set, monomials
@@ -765,8 +765,8 @@ class ScoreMachine(Estimator, Denoiser):
                 setattr(self, key, None if key == "_mix" else {})
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
-        """Write the configuration and clean moments (everything needed for any sigma), atomically."""
+    def _archive(self) -> tuple[dict, dict]:
+        """The header and arrays of the machine file: the configuration and clean moments (everything needed for any sigma)."""
         self._require_fitted()
         acc = self.moments_
         header = {
@@ -780,7 +780,7 @@ class ScoreMachine(Estimator, Denoiser):
             "choice": getattr(self, "choice_", None),
         }
         arrays = {k: v.numpy() for k, v in acc.state_dict().items() if k != "count"}  # the count is in the header
-        return write_archive(path, header, arrays)
+        return header, arrays
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arrays: dict, hint: str) -> "ScoreMachine":

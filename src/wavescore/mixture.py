@@ -27,16 +27,18 @@ import numpy as np
 import torch
 
 from . import _checks as checks
-from ._io import WavescoreError, write_archive
+from ._io import WavescoreError
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, memory_budget
 from .machine import WaveletScore
 from .transform import WaveletTransform
 
-__all__ = ["MixtureMachine", "kmeans", "gmm_from_stats", "gmm_log_joint", "gmm_score"]
+__all__ = ["MixtureMachine", "kmeans", "gmm_from_stats", "gmm_log_joint", "gmm_score", "AUTO_COMPONENTS"]
 
 FORMAT = "wavescore-mixture-machine"
 FORMAT_VERSION = 1
+AUTO_COMPONENTS = (10, 30, 100, 300)  # components="auto" chooses among these
+AUTO_SIGMAS = (0.2, 0.5, 1.0, 2.0)  # ... by held-out denoising error at these noise levels
 
 
 def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
@@ -68,7 +70,8 @@ def kmeans(z: torch.Tensor, k: int, iterations: int, seed: int) -> torch.Tensor:
 def check_mixture_params(m) -> None:
     """The settings every mixture machine shares (components, prior, shrinkage, seed,
     batch_size, wavelet), checked in one place for MixtureMachine and LocalMixtureMachine."""
-    m.components = checks.whole("components", m.components, 1)
+    if not (m.components == "auto" and getattr(m, "_AUTO", False)):
+        m.components = checks.whole("components", m.components, 1)
     m.seed = checks.whole("seed", m.seed, 0)
     m.batch_size = checks.whole("batch_size", m.batch_size, 1)
     if not checks.real("prior", m.prior) >= 0:
@@ -144,7 +147,10 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
 
     Parameters
     ----------
-    components : K, the number of mixture components (1: the Gaussian score).
+    components : K, the number of mixture components (1: the Gaussian score), or "auto": the K
+        among ``AUTO_COMPONENTS`` with the smallest held-out denoising error (geometric mean over
+        ``AUTO_SIGMAS``) on 10% of the images (at most 500), fitted on the rest; then refitted on
+        all images with that K (``choice_`` records every candidate's errors).
     prior : each component's covariance is shrunk towards the pooled covariance with the weight
         of ``prior`` images: (n_k Sigma_k + prior Sigma) / (n_k + prior).
     shrinkage : each covariance gets ``shrinkage`` x (the data's mean variance) on its diagonal,
@@ -153,8 +159,9 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     """
 
     _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
+    _AUTO = True  # components="auto" is allowed (check_mixture_params)
 
-    def __init__(self, components: int = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
+    def __init__(self, components: int | str = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
                  iterations: int = 30,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
                  max_memory: float | None = None):
@@ -167,6 +174,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
 
     @property
     def name(self) -> str:
+        if self.components == "auto":
+            return f"mixture-Kauto{self.weights_.shape[0]}" if hasattr(self, "weights_") else "mixture-Kauto"
         return f"mixture-K{self.components}"
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
@@ -174,7 +183,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         of the outer-product sums), their eigenbases and eigh's copy; then scoring's flat copy."""
         D = int(np.prod([int(v) for v in shape]))
         n = n_images or 60000
-        total = int(1.2 * (2 * n * D + 4 * self.components * D * D + 4 * D * D) * 8)
+        K = max(AUTO_COMPONENTS) if self.components == "auto" else self.components
+        total = int(1.2 * (2 * n * D + 4 * K * D * D + 4 * D * D) * 8)
         return {"D": D, "total": total}
 
     # ------------------------------------------------------------------ fit
@@ -182,6 +192,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         """Cluster, then each component's moments: ``data`` an (N, C, H, W) tensor."""
         x = check_images(data, "fit", finite=True)
         t0 = time.perf_counter()
+        if self.components == "auto":
+            return self._fit_auto(x, t0, progress)
         if x.shape[0] < self.components:
             raise WavescoreError(f"{self.components} components need at least as many images, got {x.shape[0]}: "
                                  "lower components")
@@ -192,6 +204,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
                                  "GiB: use fewer components, fewer images or max_memory=")
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
+        self.__dict__.pop("weights_", None)  # a refit sizes its statistics by self.components
         w = torch.cat([self.transform_.forward(x[s : s + self.batch_size].to(torch.float64))
                        for s in range(0, x.shape[0], self.batch_size)])
         mean = w.mean(0)
@@ -203,10 +216,41 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         self.fit_time_ = time.perf_counter() - t0
         return self
 
+    def _fit_auto(self, x: torch.Tensor, t0: float, progress: bool) -> "MixtureMachine":
+        """components="auto": each candidate K fitted on 90% of the images and scored by its
+        held-out denoising error with the seeded noise of fitting.noise_for; the best refitted."""
+        from ._io import progress_bar
+        from .fitting import noise_for
+
+        n_held = min(500, x.shape[0] // 10)
+        cands = [k for k in AUTO_COMPONENTS if k <= (x.shape[0] - n_held) // 10]
+        if n_held < 10 or not cands:
+            raise WavescoreError(f"components='auto' needs at least {10 * (AUTO_COMPONENTS[0] + 1) + 10} images to hold "
+                                 f"some out and fit {AUTO_COMPONENTS[0]} components, got {x.shape[0]}: give components=K")
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
+        held, train = x[order[:n_held]].to(torch.float64), x[order[n_held:]]
+        errors = {}
+        for k in progress_bar(cands, desc="components=auto", enabled=progress, leave=False):
+            m = MixtureMachine(**{**self.get_params(), "components": k}).fit(train, progress=False)
+            errors[k] = [float(((m.denoise(held + s * noise_for(held.shape, i, seed=20261130), s) - held) ** 2).mean())
+                         for i, s in enumerate(AUTO_SIGMAS)]
+        score = {k: float(np.mean(np.log(v))) for k, v in errors.items()}
+        best = min(score, key=score.get)
+        try:
+            self.components = best  # fit() with a whole K, then back to "auto" as the configuration
+            self.fit(x, progress=progress)
+        finally:
+            self.components = "auto"
+        self.choice_ = {"candidates": cands, "sigmas": list(AUTO_SIGMAS), "held_out_mse": [errors[k] for k in cands],
+                        "n_images": n_held, "chosen": best}
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
     def statistics(self, w: torch.Tensor, labels: torch.Tensor) -> dict:
         """Per-component sufficient statistics of coefficients ``w`` with hard ``labels``:
         counts (K,), sums (K, D), outer-product sums (K, D, D). Sums: shards add exactly."""
-        K, D = self.components, w.shape[1]
+        K = self.weights_.shape[0] if hasattr(self, "weights_") else self.components
+        D = w.shape[1]
         out = {"count": torch.bincount(labels, minlength=K).to(torch.float64),
                "sum": torch.zeros(K, D, dtype=torch.float64).index_add_(0, labels, w),
                "outer": torch.zeros(K, D, D, dtype=torch.float64)}
@@ -251,27 +295,30 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         if not sigma > 0 or not math.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
         out = torch.empty_like(w)
-        step = max(1, int(2e8 // (8 * self.components * w.shape[1])))
+        step = max(1, int(2e8 // (8 * self.weights_.shape[0] * w.shape[1])))
         for s in range(0, w.shape[0], step):
             out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2)[0]
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> Path:
+    def _archive(self) -> tuple[dict, dict]:
         self._require_fitted()
         header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
                   "count": self.n_samples_, "mean_variance": self.mean_variance_,
+                  "fitted_components": int(self.weights_.shape[0]), "choice": getattr(self, "choice_", None),
                   "fit_time": getattr(self, "fit_time_", None)}
         arrays = {"weights": self.weights_.numpy(), "means": self.means_.numpy(), "lam": self.lam_.numpy(),
                   "U": self.U_.numpy()}
-        return write_archive(path, header, arrays)
+        return header, arrays
 
     @classmethod
     def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "MixtureMachine":
         m = cls._from_params(path, header["params"], hint)
         m.shape_ = tuple(int(v) for v in header["shape"])
         m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
-        K, D = m.components, m.transform_.layout.size
+        K, D = header.get("fitted_components", m.components), m.transform_.layout.size
+        if m.components != "auto" and K != m.components:
+            raise WavescoreError(f"{path} holds {K} components for {m.components} configured: {hint}")
         shapes = {"weights": (K,), "means": (K, D), "lam": (K, D), "U": (K, D, D)}
         if any(k not in arr or tuple(arr[k].shape) != v for k, v in shapes.items()):
             raise WavescoreError(f"{path} does not match its own configuration (arrays missing or of other shapes): {hint}")
@@ -279,4 +326,6 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
             raise WavescoreError(f"{path} holds non-finite or non-positive mixture arrays: {hint}")
         m.weights_, m.means_, m.lam_, m.U_ = arr["weights"], arr["means"], arr["lam"], arr["U"]
         m.n_samples_, m.mean_variance_, m.fit_time_ = header["count"], header["mean_variance"], header.get("fit_time")
+        if header.get("choice") is not None:
+            m.choice_ = header["choice"]
         return m

@@ -61,14 +61,11 @@ def load_model(spec: str, data=None, *, limit: int | None = None):
         model.kind_ = "network"
         return path.stem, model
     if path.suffix == ".wsm" or (path.exists() and path.is_file()):
-        from .gates import FORMAT as GATED, GatedMachine, read_format
-        from .joint import FORMAT as JOINT, JointMachine
+        from .gates import read_format
         from .machine import ScoreMachine
-        from .local_mixture import FORMAT as LOCAL_MIXTURE, LocalMixtureMachine
-        from .mixture import FORMAT as MIXTURE, MixtureMachine
+        from .presets import machine_classes
 
-        classes = {GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine, LOCAL_MIXTURE: LocalMixtureMachine}
-        m = classes.get(read_format(path), ScoreMachine).load(path)
+        m = machine_classes().get(read_format(path), ScoreMachine).load(path)
         m.kind_ = "machine"
         return m.name, m
     raise WavescoreError(f"cannot load model {spec!r}: give a machine (.wsm), a network checkpoint (.pt or "

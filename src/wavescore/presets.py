@@ -10,14 +10,14 @@ from typing import Callable
 from ._io import WavescoreError
 from .neighbourhoods import Term
 
-__all__ = ["Preset", "PRESETS", "make_machine", "mixed_presets"]
+__all__ = ["Preset", "PRESETS", "make_machine", "machine_classes", "mixed_presets"]
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    machine: str = "score"  # "score": ScoreMachine(family=name); else GatedMachine, JointMachine, MixtureMachine
+    machine: str = "score"  # "score": ScoreMachine(family=name); else the class make_machine names
     terms: Callable[[int, int, str], list] | None = None  # (degree, radius, bands) -> [Term] for mixed presets
 
 
@@ -53,6 +53,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("local-mixture", "a Gaussian mixture over each coefficient's neighbourhood (pixel patches or wavelet "
                             "windows), shared over positions: the exact noisy marginal score at the centre "
                             "(LocalMixtureMachine, method.md §12)", machine="local-mixture"),
+    Preset("mixture+local-mixture", "the Gaussian score, the global mixture, the local pixel-patch mixture and the "
+                                    "gates joined per sigma and wavelet band by held-out affine weights "
+                                    "(JoinedMachine, method.md §13)", machine="joined"),
+    Preset("cascade", "a coarse model of a_J (global mixture or Gaussian) and, per finer level, local mixtures of the "
+                      "details given the coarser image; samples coarse to fine (CascadeMachine, method.md §14)",
+           machine="cascade"),
     Preset("mixed", "the terms declared by terms=[...]"),
 ]}
 
@@ -83,6 +89,29 @@ def make_machine(family: str = "local", **params):
         from .local_mixture import LocalMixtureMachine
 
         return LocalMixtureMachine(**params)
+    if preset.machine == "cascade":
+        from .cascade import CascadeMachine
+
+        return CascadeMachine(**params)
+    if preset.machine == "joined":
+        from .joined import JoinedMachine
+
+        return JoinedMachine(**params)
     from .machine import ScoreMachine
 
     return ScoreMachine(family=family, **params)
+
+
+def machine_classes() -> dict:
+    """Every machine class by the format name of its files (``load_model`` and the joined
+    machine's parts read them); a file of no listed format is a ScoreMachine's."""
+    from .cascade import FORMAT as CASCADE, CascadeMachine
+    from .gates import FORMAT as GATED, GatedMachine
+    from .joined import FORMAT as JOINED, JoinedMachine
+    from .joint import FORMAT as JOINT, JointMachine
+    from .local_mixture import FORMAT as LOCAL_MIXTURE, LocalMixtureMachine
+    from .machine import FORMAT as SCORE, ScoreMachine
+    from .mixture import FORMAT as MIXTURE, MixtureMachine
+
+    return {SCORE: ScoreMachine, GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine,
+            LOCAL_MIXTURE: LocalMixtureMachine, JOINED: JoinedMachine, CASCADE: CascadeMachine}

@@ -89,7 +89,21 @@ def ddim(model, x: torch.Tensor, sigmas: torch.Tensor, generator=None, *, eta: f
 SAMPLERS: dict[str, Callable] = {"heun": heun, "euler": euler, "edm": edm_stochastic, "ddim": ddim}
 
 
-def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int = 0, shape=None,
+def cascade(model, z: torch.Tensor, sigmas: torch.Tensor, generator=None, *, step: str = "heun", **kwargs):
+    """Coarse to fine (method.md §14): reverse diffusion for a_J with the coarse model, then for
+    each finer level one reverse diffusion of d_j with the conditional denoiser given the sampled
+    a_j; every scale takes the whole schedule ``sigmas``. ``z``: the initial noise as images; its
+    orthonormal analysis is white noise of the same size, split among the scales."""
+    za, zd = model.analyse(z)
+    a = SAMPLERS[step](model.coarse_, za * sigmas[0], sigmas, generator=generator, **kwargs)
+    for j in reversed(range(len(zd))):
+        cond = model.level_denoiser(j, a)
+        d = SAMPLERS[step](cond, zd[j].reshape(-1, *cond.shape_) * sigmas[0], sigmas, generator=generator, **kwargs)
+        a = model.synthesise_level(j, a, d.reshape(d.shape[0], -1))
+    return a
+
+
+def sample(model, n: int, *, steps: int = 18, sampler: str | None = None, seed: int = 0, shape=None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, noise: torch.Tensor | None = None,
            device=None, **kwargs) -> torch.Tensor:
     """Draw ``n`` samples (n, C, H, W) by reverse diffusion from ``sigma_max`` to 0.
@@ -97,9 +111,17 @@ def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int =
     ``shape`` defaults to the model's ``shape_`` (a fitted machine knows it). The same
     ``seed`` (or the same ``noise``) gives the same samples for every model. The chain runs on
     ``device`` (default: the model's ``device``, else the CPU); noise is drawn on the CPU.
+    ``sampler``: one of SAMPLERS, or "cascade" (a cascade machine's coarse-to-fine sampling, its
+    default; ``step`` in kwargs picks the per-scale sampler); default "heun".
     """
-    if sampler not in SAMPLERS:
-        raise WavescoreError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    coarse_to_fine = bool(getattr(model, "coarse_to_fine", False))
+    if sampler is None:
+        sampler = "cascade" if coarse_to_fine else "heun"
+    if sampler == "cascade" and not coarse_to_fine:
+        raise WavescoreError("sampler 'cascade' needs a cascade machine (make_machine('cascade', ...)); "
+                             f"choose one of {', '.join(SAMPLERS)} for this model")
+    if sampler not in SAMPLERS and sampler != "cascade":
+        raise WavescoreError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)} or cascade")
     n, steps = checks.whole("n (the number of samples)", n, 1), checks.whole("steps", steps, 1)
     seed = checks.whole("seed", seed, 0)
     shape = tuple(shape or getattr(model, "shape_", ()) or ())
@@ -112,5 +134,7 @@ def sample(model, n: int, *, steps: int = 18, sampler: str = "heun", seed: int =
         device = getattr(model, "device", None) or "cpu"
         if not isinstance(device, (str, torch.device)):
             device = "cpu"
+    if sampler == "cascade":
+        return cascade(model, z.to(torch.float64), sigmas, generator=gen, **kwargs)
     x = z.to(device=device, dtype=torch.float64) * sigmas[0]
     return SAMPLERS[sampler](model, x, sigmas, generator=gen, **kwargs)

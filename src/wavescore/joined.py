@@ -1,0 +1,262 @@
+"""Several machines joined per sigma and per wavelet band by their held-out denoising error: the
+``mixture+local-mixture`` preset (issue 15; docs/method.md §13).
+
+Each part i is a fitted machine with its own exact denoiser D_i(y, s). In the orthonormal
+wavelet basis the joined denoiser takes, per band b and noise level s, an affine combination
+
+    D(y, s)_b = sum_i a_ib(s) D_i(y, s)_b,        sum_i a_ib(s) = 1,
+
+which is the same combination of the parts' scores (Tweedie, method.md §1). At every grid sigma
+the weights minimise the held-out squared error in closed form (the Bates-Granger combination,
+method.md §13): with r_i the band's held-out residuals D_i(y) - x and G_ij = <r_i, r_j>,
+
+    a = G^-1 1 / (1^T G^-1 1)      (combine="stack"),
+
+or a is the one-hot vector of the smallest diagonal entry (combine="select": the held-out choice
+per sigma and band). Between grid points the weights are interpolated linearly in log sigma;
+outside the grid they are the nearest end's. So the local mixture serves the fine bands and low
+noise, the global mixture the coarse bands and high noise, each where its held-out error says.
+
+The parts are fitted on the training images less ``holdout`` of them; the weights on those
+held-out images with the seeded noise of fitting.noise_for. The orthonormal basis makes the
+image MSE the sum of the bands' errors, so the per-band weights minimise the image's error too.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _checks as checks
+from ._io import WavescoreError, progress_bar
+from .denoiser import Denoiser, check_images
+from .fitting import Estimator, noise_for
+from .machine import WaveletScore
+from .transform import WaveletTransform
+
+__all__ = ["JoinedMachine", "JOIN_SIGMAS", "DEFAULT_PARTS", "combination_weights"]
+
+FORMAT = "wavescore-joined-machine"
+FORMAT_VERSION = 1
+
+JOIN_SIGMAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 80.0)
+# The Gaussian score, the global mixture (method.md §11), the local pixel-patch mixture (§12; its
+# shrinkage 1e-6 for the lowest sigmas) and the own-coefficient gates (§9), which win below sigma 0.02.
+DEFAULT_PARTS = ({"family": "gaussian"}, {"family": "mixture", "components": 100},
+                 {"family": "local-mixture", "components": 64, "radius": 1, "basis": "pixel", "shrinkage": 1e-6},
+                 {"family": "gaussian+gates", "scales": [1.0, 2.0, 4.0], "energy_scales": [], "select": False})
+_NOISE_SEED = 20261130  # the held-out choices' seed (joint.py and gates.py use the same)
+
+
+def combination_weights(G: torch.Tensor, combine: str = "stack", ridge: float = 1e-9) -> torch.Tensor:
+    """Weights (..., P) summing to 1 that minimise a^T G a for residual Gram matrices G (..., P, P):
+    G^-1 1 / 1^T G^-1 1 (method.md §13), with ``ridge`` x trace/P on the diagonal so parts
+    whose residuals coincide share the weight; ``combine="select"``: one-hot at min diag G."""
+    P = G.shape[-1]
+    if combine == "select":
+        return torch.nn.functional.one_hot(torch.diagonal(G, dim1=-2, dim2=-1).argmin(-1), P).to(G.dtype)
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)[..., None, None]
+    Gr = G / scale + ridge * torch.eye(P, dtype=G.dtype)
+    u = torch.linalg.solve(Gr, torch.ones(G.shape[:-1], dtype=G.dtype)[..., None])[..., 0]
+    return u / u.sum(-1, keepdim=True)
+
+
+class JoinedMachine(Estimator, WaveletScore, Denoiser):
+    """Machines joined per sigma and per wavelet band (module docstring).
+
+    Parameters
+    ----------
+    parts : the machines to join, each a configuration dict for ``presets.make_machine``
+        (``{"family": ..., **params}``); None: ``DEFAULT_PARTS``, the Gaussian score, the global
+        mixture (K = 100), the local pixel-patch mixture (K = 64, radius 1) and the gated machine
+        with own-coefficient gates.
+    combine : "stack" (affine weights from the held-out Gram matrix) or "select" (the part with
+        the smallest held-out error).
+    per_band : one weight vector per wavelet band (True) or one per sigma for the whole image.
+    holdout : the number of training images held out for the weights.
+    sigmas : the grid of noise levels at which the weights are fitted.
+    wavelet, levels : the orthonormal basis in which the bands are taken.
+    seed : the held-out split.
+    """
+
+    _FILE = (FORMAT, FORMAT_VERSION, "joined machine", "refit it with make_machine('mixture+local-mixture', ...)")
+
+    def __init__(self, parts=None, combine: str = "stack", per_band: bool = True, holdout: int = 256,
+                 sigmas=JOIN_SIGMAS, wavelet: str = "haar", levels: int | None = None, seed: int = 0, *,
+                 max_memory: float | None = None):
+        self._init_params(locals())
+
+    def _validate(self) -> None:
+        from .presets import PRESETS
+
+        parts = [dict(p) for p in (DEFAULT_PARTS if self.parts is None else self.parts)]
+        if not parts or any(not isinstance(p, dict) or p.get("family") not in PRESETS for p in parts):
+            raise WavescoreError("parts must be a non-empty list of machine configurations, each a dict with a "
+                                 f"'family' among {', '.join(PRESETS)}, e.g. {list(DEFAULT_PARTS)}")
+        if any(p["family"] == "mixture+local-mixture" for p in parts):
+            raise WavescoreError("a joined machine cannot be a part of another: list its parts instead")
+        self.parts = parts
+        if self.combine not in ("stack", "select"):
+            raise WavescoreError(f"combine must be 'stack' or 'select', got {self.combine!r}")
+        if not isinstance(self.per_band, bool):
+            raise WavescoreError(f"per_band must be True or False, got {self.per_band!r}")
+        self.holdout = checks.whole("holdout", self.holdout, 2)
+        self.seed = checks.whole("seed", self.seed, 0)
+        sig = tuple(float(s) for s in self.sigmas)
+        if not sig or any(not (math.isfinite(s) and s > 0) for s in sig) or list(sig) != sorted(set(sig)):
+            raise WavescoreError(f"sigmas must be increasing positive numbers, got {self.sigmas!r}")
+        self.sigmas = sig
+        self._make_parts()  # each part validates its own configuration now, not after a long fit
+
+    def _make_parts(self) -> list:
+        from .presets import make_machine
+
+        made = []
+        for p in self.parts:
+            cfg = dict(p)
+            if self.max_memory is not None and "max_memory" not in cfg:
+                cfg["max_memory"] = self.max_memory
+            made.append(make_machine(**cfg))
+        return made
+
+    @property
+    def name(self) -> str:
+        names = "+".join(m.name for m in self.parts_) if hasattr(self, "parts_") else \
+            "+".join(m.name for m in self._make_parts())
+        return f"joined({names}){'-select' if self.combine == 'select' else ''}"
+
+    def memory_estimate(self, shape, n_images: int | None = None) -> dict:
+        """The largest part's fit (they run one after another) plus the held-out residuals."""
+        est = [m.memory_estimate(shape, n_images) for m in self._make_parts()]
+        peak = max(e.get("total", e.get("peak_bytes", 0)) for e in est)
+        D = int(np.prod([int(v) for v in shape]))
+        return {"parts": est, "total": int(peak + 3 * len(self.parts) * self.holdout * D * 8), "D": D}
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data, *, progress: bool = True) -> "JoinedMachine":
+        """Fit every part on the training images less ``holdout``, then the weights on those."""
+        x = check_images(data, "fit", finite=True)
+        if x.shape[0] < 2 * self.holdout:
+            raise WavescoreError(f"a joined machine holds out {self.holdout} images for its weights and needs at "
+                                 f"least twice as many, got {x.shape[0]}: lower holdout or fit on more images")
+        t0 = time.perf_counter()
+        shape = tuple(int(v) for v in x.shape[1:])
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
+        held, train = x[order[: self.holdout]], x[order[self.holdout :]]
+        parts = self._make_parts()
+        for m in progress_bar(parts, desc="fit parts", enabled=progress, leave=False):
+            m.fit(train, progress=progress)
+        self.shape_ = shape
+        self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
+        self.parts_ = parts
+        self.choice_ = self._choose(held, progress)
+        self.n_samples_ = int(x.shape[0])
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _band_index(self) -> torch.Tensor:
+        """(D,) the band of every coefficient (per_band) or zeros."""
+        idx = torch.zeros(self.transform_.layout.size, dtype=torch.long)
+        if self.per_band:
+            for b, band in enumerate(self.transform_.layout.bands):
+                idx[band.start : band.stop] = b
+        return idx
+
+    def _choose(self, held: torch.Tensor, progress: bool) -> dict:
+        """Per grid sigma: the parts' held-out residual Gram matrices per band, the weights
+        (method.md §13) and the held-out MSE of every part and of the combination."""
+        x = held.to(torch.float64)
+        w = self.transform_.forward(x)
+        band = self._band_index()
+        B, P = int(band.max()) + 1, len(self.parts_)
+        weights = np.zeros((len(self.sigmas), P, B))
+        mse = np.zeros((len(self.sigmas), P + 1))
+        for k, s in enumerate(progress_bar(self.sigmas, desc="join weights", enabled=progress, leave=False)):
+            y = x + s * noise_for(x.shape, k, seed=_NOISE_SEED)
+            res = torch.stack([self.transform_.forward(m.denoise(y, s).to(torch.float64)) - w for m in self.parts_])
+            prod = res[:, None] * res[None]  # (P, P, n, D)
+            G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, prod.sum(2).permute(2, 0, 1))
+            a = combination_weights(G, self.combine)  # (B, P)
+            if not torch.isfinite(a).all():
+                raise WavescoreError(f"the joined machine's weights at sigma {s} are not finite: the parts' held-out "
+                                     "residuals are degenerate; hold out more images")
+            weights[k] = a.T.numpy()
+            joined = (a.T[:, band][:, None] * res).sum(0)
+            mse[k, :P] = (res**2).mean((1, 2)).numpy()
+            mse[k, P] = float((joined**2).mean())
+        return {"sigmas": list(self.sigmas), "parts": [m.name for m in self.parts_], "weights": weights.tolist(),
+                "mse": mse.tolist(), "n_images": int(x.shape[0]),
+                "bands": [b.name for b in self.transform_.layout.bands] if self.per_band else ["all"]}
+
+    # ------------------------------------------------------------------ score
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "choice_"):
+            raise WavescoreError("this JoinedMachine is not fitted yet: call fit(data) or JoinedMachine.load(path)")
+
+    def weights_at(self, sigma: float) -> torch.Tensor:
+        """(P, D) the parts' weight of every coefficient at ``sigma``: the grid's, interpolated
+        linearly in log sigma, the nearest end's outside the grid."""
+        self._require_fitted()
+        A = torch.tensor(self.choice_["weights"], dtype=torch.float64)  # (S, P, B)
+        t = float(np.interp(math.log(sigma), np.log(self.sigmas), np.arange(len(self.sigmas))))
+        k = min(int(t), len(self.sigmas) - 2) if len(self.sigmas) > 1 else 0
+        f = t - k
+        a = A[k] if len(self.sigmas) == 1 else (1 - f) * A[k] + f * A[k + 1]
+        return a[:, self._band_index()]
+
+    def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
+        """sum_i a_i(sigma) score_i(w, sigma) per coefficient (module docstring): (N, D) -> (N, D)."""
+        self._require_fitted()
+        sigma = float(sigma)
+        if not sigma > 0 or not math.isfinite(sigma):
+            raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
+        a = self.weights_at(sigma)
+        x = self.transform_.inverse(w)
+        out = torch.zeros_like(w)
+        for i, m in enumerate(self.parts_):
+            if bool((a[i] != 0).any()):
+                out += a[i] * self.transform_.forward(m.score(x, sigma).to(torch.float64))
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _archive(self) -> tuple[dict, dict]:
+        """Every part's own header and arrays (prefixed ``p<i>.``) and the weights."""
+        self._require_fitted()
+        headers, arrays = [], {}
+        for i, m in enumerate(self.parts_):
+            h, a = m._archive()
+            headers.append(h)
+            arrays.update({f"p{i}.{k}": v for k, v in a.items()})
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "shape": list(self.shape_),
+                  "count": self.n_samples_, "choice": self.choice_, "parts": headers,
+                  "fit_time": getattr(self, "fit_time_", None)}
+        return header, arrays
+
+    @classmethod
+    def _from_archive(cls, path: Path, header: dict, arr: dict, hint: str) -> "JoinedMachine":
+        from .presets import machine_classes
+
+        m = cls._from_params(path, header["params"], hint)
+        m.shape_ = tuple(int(v) for v in header["shape"])
+        m.transform_ = WaveletTransform(m.shape_, m.wavelet, m.levels)
+        classes = machine_classes()
+        if len(header["parts"]) != len(m.parts):
+            raise WavescoreError(f"{path} holds {len(header['parts'])} parts for {len(m.parts)} configured: {hint}")
+        m.parts_ = []
+        for i, h in enumerate(header["parts"]):
+            part_cls = classes.get(h.get("format"))
+            if part_cls is None or part_cls is cls:
+                raise WavescoreError(f"{path}: part {i} has an unknown format {h.get('format')!r}: {hint}")
+            sub = {k[len(f"p{i}."):]: v for k, v in arr.items() if k.startswith(f"p{i}.")}
+            m.parts_.append(part_cls._from_archive(path, h, sub, hint))
+        choice = header["choice"]
+        A = np.asarray(choice["weights"], dtype=np.float64)
+        B = len(m.transform_.layout.bands) if m.per_band else 1
+        if A.shape != (len(m.sigmas), len(m.parts), B) or not np.isfinite(A).all():
+            raise WavescoreError(f"{path} holds weights of shape {A.shape}, expected "
+                                 f"{(len(m.sigmas), len(m.parts), B)} finite values: {hint}")
+        m.choice_, m.n_samples_, m.fit_time_ = choice, header["count"], header.get("fit_time")
+        return m
