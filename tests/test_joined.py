@@ -34,13 +34,28 @@ def test_combination_weights_are_the_constrained_least_squares_optimum():
     r = torch.randn(5, 3, 400, generator=gen, dtype=torch.float64) + torch.randn(5, 1, 400, generator=gen,
                                                                                   dtype=torch.float64)
     G = torch.einsum("bin,bjn->bij", r, r)
-    a = combination_weights(G, ridge=0.0)
+    a = combination_weights(G, "affine", ridge=0.0)
     assert torch.allclose(a.sum(-1), torch.ones(5, dtype=torch.float64), atol=1e-12)
     # Brute force: minimise |r_0 + sum_{i>0} c_i (r_i - r_0)|^2 by least squares, a = (1 - sum c, c).
     for b in range(5):
         A = (r[b, 1:] - r[b, 0]).T
         c = torch.linalg.lstsq(A, -r[b, 0][:, None]).solution[:, 0]
         assert torch.allclose(a[b], torch.cat([1 - c.sum()[None], c]), atol=1e-10)
+    # Convex: no point of a fine grid on the simplex does better, and the weights are >= 0.
+    c = combination_weights(G, "convex", ridge=0.0)
+    assert (c >= 0).all() and torch.allclose(c.sum(-1), torch.ones(5, dtype=torch.float64), atol=1e-12)
+    t = torch.linspace(0, 1, 201, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    grid = torch.cat([grid, 1 - grid.sum(1, keepdim=True)], 1)
+    grid = grid[grid[:, 2] >= 0]
+    for b in range(5):
+        brute = torch.einsum("gi,ij,gj->g", grid, G[b], grid).min()
+        assert float(c[b] @ G[b] @ c[b]) <= float(brute) * (1 + 1e-12)
+    # Residuals more alike than the better part is small: the affine optimum has a negative weight
+    # (it extrapolates), the convex one puts that part at 0.
+    G3 = torch.tensor([[1.0, 1.01], [1.01, 1.1]], dtype=torch.float64)
+    assert combination_weights(G3, "affine", ridge=0.0)[1] < 0
+    assert torch.allclose(combination_weights(G3, "convex", ridge=0.0), torch.tensor([1.0, 0.0], dtype=torch.float64))
     sel = combination_weights(G, "select")
     assert torch.equal(sel.argmax(-1), torch.diagonal(G, dim1=-2, dim2=-1).argmin(-1)) and (sel.sum(-1) == 1).all()
 
@@ -48,6 +63,10 @@ def test_combination_weights_are_the_constrained_least_squares_optimum():
 def test_held_out_error_is_at_most_every_parts(joined):
     mse = np.asarray(joined.choice_["mse"])  # (sigmas, parts + 1): the last column is the joined machine's
     assert (mse[:, -1] <= mse[:, :-1].min(1) * (1 + 1e-6)).all()
+    by = {c: np.asarray(v) for c, v in joined.choice_["mse_by_combine"].items()}
+    assert np.allclose(by["convex"], mse[:, -1], rtol=1e-9)
+    assert (by["affine"] <= by["convex"] * (1 + 1e-6)).all() and (by["convex"] <= by["select"] * (1 + 1e-6)).all()
+    assert (np.asarray(joined.choice_["weights"]) >= 0).all()
 
 
 def test_joined_beats_each_part_on_test_digits(joined, digits):
@@ -102,7 +121,7 @@ def test_per_image_sigma_matches_one_sigma_at_a_time(joined, digits):
     (dict(parts=[{"family": "nope"}]), "family"),
     (dict(parts=[]), "non-empty"),
     (dict(parts=[{"family": "mixture+local-mixture"}]), "cannot be a part"),
-    (dict(combine="mean"), "combine"),
+    (dict(combine="stack"), "combine"),
     (dict(sigmas=(0.5, 0.1)), "increasing"),
     (dict(parts=[{"family": "mixture", "components": 0}]), "components"),
 ])

@@ -19,7 +19,9 @@ def report_dir(tmp_path_factory):
 
     reference = ScoreMachine(family="local", degree=1, radius=0, shared=True).fit(load_dataset("digits"), progress=False)
     run_report("digits", out, n_test=100, n_samples=4, steps=4, sigmas=(0.1, 1.0),
-               configs=[dict(family="gaussian"), dict(family="local", degree=2), dict(cls="gated", sigmas=(0.1, 1.0))],
+               configs=[dict(family="gaussian"), dict(family="local", degree=2), dict(cls="gated", sigmas=(0.1, 1.0)),
+                        dict(family="mixture+local-mixture", holdout=100, sigmas=(0.1, 1.0),
+                             parts=[dict(family="gaussian"), dict(family="mixture", components=5)])],
                network=reference, progress=False)
     return out
 
@@ -29,13 +31,16 @@ def test_report_files_and_numbers(report_dir):
     from wavescore.gates import GatedMachine
 
     gated = GatedMachine(sigmas=(0.1, 1.0)).name
-    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2", gated}
+    joined = "joined(gaussian-P1+mixture-K5)"
+    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2", gated, joined}
+    w = rep["join_weights"]  # the joined machine's per-band weights, plotted
+    assert w["parts"] == ["gaussian-P1", "mixture-K5"] and len(w["weights"]) == 2 and len(w["bands"]) == 10
     assert gated in rep["samples"]["rows"] + list(rep["samples"]["diverged"])
     for res in rep["shapley"].values():
         assert len(res["coalitions"]) == 2 ** len(res["groups"])
     html = (report_dir / "index.html").read_text()
-    # mse, subbands, two Shapley, schedule, shrinkage, filters, samples: all embedded, the page stands alone
-    assert html.count("data:image/png;base64,") == 8
+    # mse, subbands, two Shapley, schedule, shrinkage, filters, samples, join weights: all embedded
+    assert html.count("data:image/png;base64,") == 9
     assert len(rep["schedule"]["choice"]) == len(rep["sigmas"])
     # agreement with a reference that is one of the candidates picks that candidate
     assert rep["schedule_network"]["choice"] == ["local-r0-P1-shared"] * 2

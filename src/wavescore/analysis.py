@@ -305,3 +305,22 @@ def plot_schedule(res: dict, locality: Mapping[str, float], path, els_schedule=N
     ax.set(xlabel="σ", ylabel="receptive field (pixels)", title=title or "locality against noise level")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_join_weights(choice: dict, path, title: str = "") -> None:
+    """Where each part of a joined machine serves (method.md §13): one panel per part, its
+    held-out weight in every wavelet band against sigma (``JoinedMachine.choice_``)."""
+    plt = _plt()
+    A = np.asarray(choice["weights"])  # (sigmas, parts, bands)
+    parts, bands, sig = choice["parts"], choice["bands"], choice["sigmas"]
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.4), sharey=True, squeeze=False)
+    colours = plt.cm.viridis(np.linspace(0, 1, len(bands)))
+    for i, (ax, part) in enumerate(zip(axes[0], parts)):
+        for b, band in enumerate(bands):
+            ax.semilogx(sig, A[:, i, b], color=colours[b], label=band)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(xlabel="σ", title=part if len(part) < 34 else part[:31] + "...")
+    axes[0][0].set_ylabel("held-out weight")
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    fig.suptitle(title or "joined machine: each part's weight per wavelet band")
+    _save(fig, path)

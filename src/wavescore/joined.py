@@ -7,13 +7,12 @@ wavelet basis the joined denoiser takes, per band b and noise level s, an affine
     D(y, s)_b = sum_i a_ib(s) D_i(y, s)_b,        sum_i a_ib(s) = 1,
 
 which is the same combination of the parts' scores (Tweedie, method.md §1). At every grid sigma
-the weights minimise the held-out squared error in closed form (the Bates-Granger combination,
-method.md §13): with r_i the band's held-out residuals D_i(y) - x and G_ij = <r_i, r_j>,
-
-    a = G^-1 1 / (1^T G^-1 1)      (combine="stack"),
-
-or a is the one-hot vector of the smallest diagonal entry (combine="select": the held-out choice
-per sigma and band). Between grid points the weights are interpolated linearly in log sigma;
+the weights minimise the held-out squared error in closed form (method.md §13): with r_i the
+band's held-out residuals D_i(y) - x and G_ij = <r_i, r_j>, the weights minimise a^T G a over
+the simplex (combine="convex", the default: solved exactly face by face), or over the affine
+weights, a = G^-1 1 / (1^T G^-1 1) (combine="affine", the Bates-Granger combination), or a is the
+one-hot vector of the smallest diagonal entry (combine="select": the held-out choice per sigma
+and band). Between grid points the weights are interpolated linearly in log sigma;
 outside the grid they are the nearest end's. So the local mixture serves the fine bands and low
 noise, the global mixture the coarse bands and high noise, each where its held-out error says.
 
@@ -48,20 +47,38 @@ JOIN_SIGMAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.
 DEFAULT_PARTS = ({"family": "gaussian"}, {"family": "mixture", "components": 100},
                  {"family": "local-mixture", "components": 64, "radius": 1, "basis": "pixel", "shrinkage": 1e-6},
                  {"family": "gaussian+gates", "scales": [1.0, 2.0, 4.0], "energy_scales": [], "select": False})
+COMBINE = ("convex", "affine", "select")
 _NOISE_SEED = 20261130  # the held-out choices' seed (joint.py and gates.py use the same)
 
 
-def combination_weights(G: torch.Tensor, combine: str = "stack", ridge: float = 1e-9) -> torch.Tensor:
-    """Weights (..., P) summing to 1 that minimise a^T G a for residual Gram matrices G (..., P, P):
-    G^-1 1 / 1^T G^-1 1 (method.md §13), with ``ridge`` x trace/P on the diagonal so parts
-    whose residuals coincide share the weight; ``combine="select"``: one-hot at min diag G."""
+def combination_weights(G: torch.Tensor, combine: str = "convex", ridge: float = 1e-9) -> torch.Tensor:
+    """Weights (..., P) summing to 1 that minimise a^T G a for residual Gram matrices G (..., P, P)
+    (method.md §13), with ``ridge`` x (mean diag G) on the diagonal so parts whose residuals
+    coincide share the weight. "affine": G^-1 1 / 1^T G^-1 1; "convex": also a >= 0, exactly,
+    by the affine optimum on every support (face of the simplex) whose weights are all >= 0,
+    keeping the best; "select": one-hot at min diag G."""
     P = G.shape[-1]
     if combine == "select":
         return torch.nn.functional.one_hot(torch.diagonal(G, dim1=-2, dim2=-1).argmin(-1), P).to(G.dtype)
     scale = torch.diagonal(G, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)[..., None, None]
     Gr = G / scale + ridge * torch.eye(P, dtype=G.dtype)
-    u = torch.linalg.solve(Gr, torch.ones(G.shape[:-1], dtype=G.dtype)[..., None])[..., 0]
-    return u / u.sum(-1, keepdim=True)
+
+    def affine(Gs):
+        u = torch.linalg.solve(Gs, torch.ones(Gs.shape[:-1], dtype=G.dtype)[..., None])[..., 0]
+        return u / u.sum(-1, keepdim=True)
+
+    if combine == "affine":
+        return affine(Gr)
+    best = torch.full(G.shape[:-1], float("nan"), dtype=G.dtype)
+    best_obj = torch.full(G.shape[:-2], float("inf"), dtype=G.dtype)
+    for mask in range(1, 2**P):
+        idx = [i for i in range(P) if mask >> i & 1]
+        a = torch.zeros(G.shape[:-1], dtype=G.dtype)
+        a[..., idx] = affine(Gr[..., idx, :][..., :, idx])
+        obj = torch.einsum("...i,...ij,...j->...", a, Gr, a)
+        ok = (a >= -1e-12).all(-1) & (obj < best_obj)
+        best[ok], best_obj[ok] = a[ok].clamp_min(0), obj[ok]
+    return best / best.sum(-1, keepdim=True)
 
 
 class JoinedMachine(Estimator, WaveletScore, Denoiser):
@@ -73,8 +90,9 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         (``{"family": ..., **params}``); None: ``DEFAULT_PARTS``, the Gaussian score, the global
         mixture (K = 100), the local pixel-patch mixture (K = 64, radius 1) and the gated machine
         with own-coefficient gates.
-    combine : "stack" (affine weights from the held-out Gram matrix) or "select" (the part with
-        the smallest held-out error).
+    combine : "convex" (weights >= 0 summing to 1 that minimise the held-out error), "affine"
+        (any signs: lower held-out error, but it extrapolates where parts nearly coincide) or
+        "select" (the part with the smallest held-out error).
     per_band : one weight vector per wavelet band (True) or one per sigma for the whole image.
     holdout : the number of training images held out for the weights.
     sigmas : the grid of noise levels at which the weights are fitted.
@@ -84,7 +102,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
 
     _FILE = (FORMAT, FORMAT_VERSION, "joined machine", "refit it with make_machine('mixture+local-mixture', ...)")
 
-    def __init__(self, parts=None, combine: str = "stack", per_band: bool = True, holdout: int = 256,
+    def __init__(self, parts=None, combine: str = "convex", per_band: bool = True, holdout: int = 256,
                  sigmas=JOIN_SIGMAS, wavelet: str = "haar", levels: int | None = None, seed: int = 0, *,
                  max_memory: float | None = None):
         self._init_params(locals())
@@ -99,8 +117,8 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         if any(p["family"] == "mixture+local-mixture" for p in parts):
             raise WavescoreError("a joined machine cannot be a part of another: list its parts instead")
         self.parts = parts
-        if self.combine not in ("stack", "select"):
-            raise WavescoreError(f"combine must be 'stack' or 'select', got {self.combine!r}")
+        if self.combine not in COMBINE:
+            raise WavescoreError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
         if not isinstance(self.per_band, bool):
             raise WavescoreError(f"per_band must be True or False, got {self.per_band!r}")
         self.holdout = checks.whole("holdout", self.holdout, 2)
@@ -126,7 +144,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
     def name(self) -> str:
         names = "+".join(m.name for m in self.parts_) if hasattr(self, "parts_") else \
             "+".join(m.name for m in self._make_parts())
-        return f"joined({names}){'-select' if self.combine == 'select' else ''}"
+        return f"joined({names}){'' if self.combine == 'convex' else '-' + self.combine}"
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
         """The largest part's fit (they run one after another) plus the held-out residuals."""
@@ -174,11 +192,15 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         B, P = int(band.max()) + 1, len(self.parts_)
         weights = np.zeros((len(self.sigmas), P, B))
         mse = np.zeros((len(self.sigmas), P + 1))
+        other = {c: np.zeros(len(self.sigmas)) for c in COMBINE}
         for k, s in enumerate(progress_bar(self.sigmas, desc="join weights", enabled=progress, leave=False)):
             y = x + s * noise_for(x.shape, k, seed=_NOISE_SEED)
             res = torch.stack([self.transform_.forward(m.denoise(y, s).to(torch.float64)) - w for m in self.parts_])
             prod = res[:, None] * res[None]  # (P, P, n, D)
             G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, prod.sum(2).permute(2, 0, 1))
+            for c in COMBINE:  # every rule's held-out error, from the same Gram matrices
+                wc = combination_weights(G, c)
+                other[c][k] = float(torch.einsum("bi,bij,bj->", wc, G, wc)) / res[0].numel()
             a = combination_weights(G, self.combine)  # (B, P)
             if not torch.isfinite(a).all():
                 raise WavescoreError(f"the joined machine's weights at sigma {s} are not finite: the parts' held-out "
@@ -188,7 +210,8 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             mse[k, :P] = (res**2).mean((1, 2)).numpy()
             mse[k, P] = float((joined**2).mean())
         return {"sigmas": list(self.sigmas), "parts": [m.name for m in self.parts_], "weights": weights.tolist(),
-                "mse": mse.tolist(), "n_images": int(x.shape[0]),
+                "mse": mse.tolist(), "mse_by_combine": {c: v.tolist() for c, v in other.items()},
+                "n_images": int(x.shape[0]),
                 "bands": [b.name for b in self.transform_.layout.bands] if self.per_band else ["all"]}
 
     # ------------------------------------------------------------------ score

@@ -27,6 +27,10 @@ STANDARD = [
     dict(family="local", degree=2, shared=True),
     dict(family="parent", degree=2),
     dict(cls="gated"),  # GatedMachine(): the Gaussian score plus sigma-scaled shrinkage gates (method.md §9)
+    dict(family="mixture", components=100),  # a global Gaussian mixture, exact noisy score (§11)
+    dict(family="local-mixture", components=64, basis="pixel"),  # a mixture over every 3x3 patch (§12)
+    dict(family="mixture+local-mixture"),  # the parts weighted per sigma and band on held-out images (§13)
+    dict(family="cascade", components=16),  # coarse mixture, local conditionals, sampled coarse to fine (§14)
 ]
 
 SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -148,7 +152,13 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         grids.append(x[:8])
         rows.append(name)
     save_image_grid(torch.cat(grids), out / "samples.png", ncol=8)
-    report["samples"] = {"rows": rows, "diverged": diverged, "n": n_samples, "steps": steps, "sampler": "heun"}
+    report["samples"] = {"rows": rows, "diverged": diverged, "n": n_samples, "steps": steps,
+                         "sampler": {name: "cascade" if getattr(machines[name], "coarse_to_fine", False) else "heun"
+                                     for name in rows}}
+    joined = [m for m in machines.values() if hasattr(m, "parts_")]
+    if joined:  # which part serves which band at which sigma: the per-scale reading (method.md §13)
+        report["join_weights"] = joined[0].choice_
+        analysis.plot_join_weights(joined[0].choice_, out / "join_weights.png")
     report["timings"]["sample"] = time.perf_counter() - t0
     stage_done()
     stages.close()
@@ -211,6 +221,11 @@ def render_html(report: dict, out: Path) -> str:
               "<p>" + ", ".join(html.escape(r) for r in report["samples"]["rows"])
               + "".join(f"; <b>{html.escape(n)} diverged</b>" for n in report["samples"]["diverged"]) + "</p>",
               _img(out / "samples.png", "samples")]
+    if "join_weights" in report:
+        parts += ["<h2>Which machine serves which wavelet band at which noise level (the joined machine)</h2>",
+                  "<p>Held-out affine weights per band and sigma (docs/method.md §13): the local mixture takes the "
+                  "fine bands at low noise, the global mixture the coarse bands and high noise.</p>",
+                  _img(out / "join_weights.png", "join weights")]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%;display:block;margin:8px 0}")
     check = ("<script>window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.naturalWidth);"
