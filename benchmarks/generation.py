@@ -7,9 +7,7 @@ Every model starts from the same initial noise (seed 0) through EDM's Heun sampl
 """
 from __future__ import annotations
 
-import argparse
-
-from wavescore.experiments import run_samples
+from wavescore.experiments import samples_main
 
 MACHINES = [
     dict(family="gaussian"),
@@ -21,16 +19,5 @@ MACHINES = [
 ]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="mnist")
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=18)
-    ap.add_argument("--nets", nargs="*", default=[])
-    ap.add_argument("-o", "--output", default="benchmarks/results/generation")
-    args = ap.parse_args()
-    run_samples(MACHINES, args.data, args.output, n=args.n, steps=args.steps, nets=args.nets)
-
-
 if __name__ == "__main__":
-    main()
+    samples_main(MACHINES, "generation", __doc__.splitlines()[0])

@@ -39,7 +39,7 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, progress_bar
 from .denoiser import Denoiser, check_images, check_sigma
-from .fitting import Estimator, memory_budget
+from .fitting import Estimator, begin_fit
 from .local_mixture import LocalMixtureMachine
 from .mixture import check_mixture_params
 from .neighbourhoods import _window_offsets
@@ -203,13 +203,8 @@ class CascadeMachine(Estimator, Denoiser):
     # ------------------------------------------------------------------ fit
     def fit(self, data, *, progress: bool = True) -> "CascadeMachine":
         """The coarse model on the a_J images, then each level's conditional mixtures."""
-        x = check_images(data, "fit", finite=True)
         t0 = time.perf_counter()
-        shape = tuple(int(v) for v in x.shape[1:])
-        est = self.memory_estimate(shape, x.shape[0])
-        if est["total"] > memory_budget(self.max_memory):
-            raise WavescoreError(f"{self.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
-                                 "GiB: lower max_samples, use fewer images or max_memory=")
+        x, shape = begin_fit(self, data, "lower max_samples, use fewer images or max_memory=")
         self.levels_ = self._structure(shape)
         local = self._local()
         gen = torch.Generator().manual_seed(self.seed)

@@ -201,11 +201,29 @@ def run_samples(configs: Sequence[dict], data: str, out: Path | str, *, n: int =
         q = sample_quality(x, data, figure=out / f"{name}_nearest.png")
         q["nearest_train_distance"].pop("per_sample")
         q["sample_seconds"] = secs
+        q["sampler"] = "cascade" if getattr(m, "coarse_to_fine", False) else "heun"  # a cascade: coarse to fine
         result["models"][name] = q
         print(name, f"{secs:.1f}s", q["classifier_fd"].get("samples"), q["wavelet_packet_fd"]["samples"], flush=True)
         write_json(out / "generation.json", result)
     write_bytes_atomic(out / "generation.md", samples_table(result).encode())
     return result
+
+
+def samples_main(configs: Sequence[dict], stem: str, description: str, *, argv=None) -> dict:
+    """The command line every samples benchmark shares (``benchmarks/generation.py``,
+    ``benchmarks/mixture_samples.py``): ``--data``, ``--n``, ``--steps``, ``--nets``, ``-o``
+    (default benchmarks/results/STEM, with ``-DATA`` for data other than mnist)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=18)
+    ap.add_argument("--nets", nargs="*", default=[])
+    ap.add_argument("-o", "--output", default=None)
+    args = ap.parse_args(argv)
+    out = args.output or f"benchmarks/results/{stem}" + ("" if args.data == "mnist" else f"-{args.data}")
+    return run_samples(configs, args.data, out, n=args.n, steps=args.steps, nets=args.nets)
 
 
 def samples_table(result: dict) -> str:

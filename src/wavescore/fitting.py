@@ -106,6 +106,20 @@ def stream_fit(machine, data, *, progress: bool = True):
     return machine
 
 
+def begin_fit(machine, data, advice: str) -> tuple:
+    """The checks a one-pass fit starts with: finite (N, C, H, W) images, and the machine's
+    ``memory_estimate`` within its budget (else one line ending in ``advice``). -> (x, shape)."""
+    from .denoiser import check_images
+
+    x = check_images(data, "fit", finite=True)
+    shape = tuple(int(v) for v in x.shape[1:])
+    est = machine.memory_estimate(shape, x.shape[0])
+    if est["total"] > memory_budget(machine.max_memory):
+        raise WavescoreError(f"{machine.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
+                             f"GiB: {advice}")
+    return x, shape
+
+
 class Estimator:
     """scikit-learn's conventions, written once for every machine class: the constructor's
     arguments are the configuration (``get_params``/``set_params``/``repr`` read them from its

@@ -31,8 +31,8 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError, progress_bar
-from .denoiser import Denoiser, check_images
-from .fitting import Estimator, memory_budget
+from .denoiser import Denoiser
+from .fitting import Estimator, begin_fit
 from .machine import WaveletScore
 from .mixture import check_mixture_params, gmm_from_stats, gmm_log_joint, gmm_score, kmeans
 from .neighbourhoods import Group, _window_offsets, build_groups
@@ -154,13 +154,8 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
     # ------------------------------------------------------------------ fit
     def fit(self, data, *, progress: bool = True) -> "LocalMixtureMachine":
         """k-means then soft EM per group: ``data`` an (N, C, H, W) tensor."""
-        x = check_images(data, "fit", finite=True)
         t0 = time.perf_counter()
-        shape = tuple(int(v) for v in x.shape[1:])
-        est = self.memory_estimate(shape, x.shape[0])
-        if est["total"] > memory_budget(self.max_memory):
-            raise WavescoreError(f"{self.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
-                                 "GiB: lower max_samples, use fewer images or max_memory=")
+        x, shape = begin_fit(self, data, "lower max_samples, use fewer images or max_memory=")
         transform, groups = self._structure(shape)
         w = torch.cat([transform.forward(x[s : s + self.batch_size].to(torch.float64))
                        for s in range(0, x.shape[0], self.batch_size)])

@@ -28,8 +28,8 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError
-from .denoiser import Denoiser, check_images
-from .fitting import Estimator, memory_budget
+from .denoiser import Denoiser
+from .fitting import Estimator, begin_fit
 from .machine import WaveletScore
 from .transform import WaveletTransform
 
@@ -190,18 +190,13 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     # ------------------------------------------------------------------ fit
     def fit(self, data, *, progress: bool = True) -> "MixtureMachine":
         """Cluster, then each component's moments: ``data`` an (N, C, H, W) tensor."""
-        x = check_images(data, "fit", finite=True)
         t0 = time.perf_counter()
+        x, shape = begin_fit(self, data, "use fewer components, fewer images or max_memory=")
         if self.components == "auto":
             return self._fit_auto(x, t0, progress)
         if x.shape[0] < self.components:
             raise WavescoreError(f"{self.components} components need at least as many images, got {x.shape[0]}: "
                                  "lower components")
-        shape = tuple(int(v) for v in x.shape[1:])
-        est = self.memory_estimate(shape, x.shape[0])
-        if est["total"] > memory_budget(self.max_memory):
-            raise WavescoreError(f"{self.name} on {x.shape[0]} images {shape} needs about {est['total'] / 2**30:.1f} "
-                                 "GiB: use fewer components, fewer images or max_memory=")
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
         self.__dict__.pop("weights_", None)  # a refit sizes its statistics by self.components

@@ -78,47 +78,61 @@ def peak_bytes() -> int:
 
 
 def _fit_memory_child(spec: dict) -> dict:
-    """Runs in a fresh process: load data, warm up, reset the peak, fit + one solve, report."""
+    """Runs in a fresh process: load data, warm up, reset the peak, fit (+ one solve for a
+    ScoreMachine), report. ``params`` with a ``family`` of another machine class (cascade,
+    mixture, ...) fits that class (presets.make_machine)."""
     from .datasets import load_dataset
     from .machine import ScoreMachine
+    from .presets import PRESETS, make_machine
 
     if "data" in spec:
         x = load_dataset(spec["data"], spec.get("split", "train"), limit=spec.get("n"))
+        if spec.get("size") and int(spec["size"]) != x.shape[-1]:  # e.g. MNIST upsampled to 64x64
+            x = torch.nn.functional.interpolate(x, size=(int(spec["size"]),) * 2, mode="bilinear", align_corners=False)
     else:
         g = torch.Generator().manual_seed(0)
         x = torch.rand((int(spec["n"]), *spec["shape"]), generator=g) * 2 - 1
     params = dict(spec["params"])
     params.setdefault("max_memory", float("inf"))
     # Warm-up on a few images of the same shape: loads the BLAS/LAPACK kernels and threads.
-    ScoreMachine(**{**params, "family": "independent", "degree": 1, "shared": True}).fit(x[:8], progress=False)
-    machine = ScoreMachine(**params)
+    warm = {"family": "independent", "degree": 1, "shared": True}
+    if PRESETS[params.get("family", "local")].machine == "score":
+        warm = {**params, **warm}
+    ScoreMachine(**warm).fit(x[:8], progress=False)
+    machine = make_machine(**params)
     predicted = machine.memory_estimate(tuple(x.shape[1:]), n_images=len(x))
     base = reset_peak()
     t0 = time.perf_counter()
     machine.fit(x, progress=False)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    machine.parameters(float(spec.get("sigma", 0.5)))
+    if hasattr(machine, "parameters"):
+        machine.parameters(float(spec.get("sigma", 0.5)))
     solve_s = time.perf_counter() - t1
     return {"name": machine.name, "shape": list(x.shape[1:]), "n": int(x.shape[0]),
             "measured_bytes": peak_bytes() - base, "baseline_bytes": base,
-            "predicted_bytes": int(predicted["peak_bytes"]), "moments_bytes": int(predicted["moments_bytes"]),
-            "features": predicted["features"], "fit_seconds": fit_s, "solve_seconds": solve_s}
+            "predicted_bytes": int(predicted.get("peak_bytes", predicted.get("total", 0))),
+            "moments_bytes": int(predicted.get("moments_bytes", 0)),
+            "features": predicted.get("features"), "fit_seconds": fit_s, "solve_seconds": solve_s}
 
 
 def measure_fit_memory(params: dict, *, shape=None, n: int = 1000, data: str | None = None,
-                       sigma: float = 0.5, threads: int | None = None, timeout: float = 1800) -> dict:
-    """Fit ``ScoreMachine(**params)`` in a fresh process and return its measured peak memory
+                       sigma: float = 0.5, threads: int | None = None, timeout: float = 1800,
+                       size: int | None = None) -> dict:
+    """Fit ``make_machine(**params)`` in a fresh process and return its measured peak memory
     above the pre-fit baseline (``measured_bytes``) beside ``memory_estimate``'s
     ``predicted_bytes``, with the fit and solve times.
 
-    Data: ``n`` uniform images of ``shape`` (C, H, W), or the first ``n`` of dataset ``data``.
+    Data: ``n`` uniform images of ``shape`` (C, H, W), or the first ``n`` of dataset ``data``
+    (resized to ``size`` x ``size`` by bilinear interpolation when given).
     """
     if (shape is None) == (data is None):
         raise WavescoreError("give either shape=(C, H, W) for synthetic images or data=<dataset name>")
     spec = {"params": params, "n": int(n), "sigma": float(sigma)}
     if data is not None:
         spec["data"] = data
+        if size is not None:
+            spec["size"] = int(size)
     else:
         spec["shape"] = [int(s) for s in shape]
     env = dict(os.environ)
