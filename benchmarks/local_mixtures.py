@@ -1,4 +1,4 @@
-"""Local Gaussian mixtures over pixel patches and wavelet windows (issue 15).
+"""Local Gaussian mixtures over pixel patches and wavelet windows, and the joined machine (issue 15).
 
     python benchmarks/local_mixtures.py --data mnist --limit-test 2000 --nets benchmarks/checkpoints/unet.pt benchmarks/checkpoints/cnn.pt
 
@@ -14,9 +14,13 @@ from wavescore.experiments import table_main
 CONFIGS = [dict(family="gaussian"),
            dict(family="local-mixture", basis="pixel", components=64, radius=1),
            dict(family="local-mixture", basis="pixel", components=64, radius=2),
-           dict(family="local-mixture", basis="wavelet", components=64, radius=1, neighbourhood="parent")]
+           dict(family="local-mixture", basis="wavelet", components=64, radius=1, neighbourhood="parent"),
+           # the joined machine (JoinedMachine, method.md §13): Gaussian, global K=100, local K=64 r1 and
+           # own-coefficient gates, weighted per sigma and wavelet band on 256 held-out training images
+           dict(family="mixture+local-mixture"),
+           dict(family="cascade", components=16, radius=1)]
 
 
 if __name__ == "__main__":
     table_main(CONFIGS, "local_mixtures", "local Gaussian mixtures", __doc__.splitlines()[0],
-               relative_prefixes=("local-mixture",))
+               relative_prefixes=("local-mixture", "joined"))
