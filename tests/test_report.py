@@ -21,7 +21,8 @@ def report_dir(tmp_path_factory):
     run_report("digits", out, n_test=100, n_samples=4, steps=4, sigmas=(0.1, 1.0),
                configs=[dict(family="gaussian"), dict(family="local", degree=2), dict(cls="gated", sigmas=(0.1, 1.0)),
                         dict(family="mixture+local-mixture", holdout=100, sigmas=(0.1, 1.0),
-                             parts=[dict(family="gaussian"), dict(family="mixture", components=5)])],
+                             parts=[dict(family="gaussian"), dict(family="mixture", components=5)]),
+                        dict(family="cascade", components=2, coarse=dict(family="gaussian"))],
                network=reference, progress=False)
     return out
 
@@ -31,8 +32,11 @@ def test_report_files_and_numbers(report_dir):
     from wavescore.gates import GatedMachine
 
     gated = GatedMachine(sigmas=(0.1, 1.0)).name
-    joined = "joined(gaussian-P1+mixture-K5)"
-    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2", gated, joined}
+    joined, cascade = "joined(gaussian-P1+mixture-K5)", "cascade(gaussian-P1; K2-r1)"
+    assert set(rep["evaluation"]["models"]) == {"gaussian-P1", "local-r1-P2", gated, joined, cascade}
+    assert rep["samples"]["sampler"][cascade] == "cascade"
+    (lev,) = rep["cascade_levels"][cascade]["levels"].values()  # digits: one level, 4x4
+    assert all(0 < e < s * s for e, s in zip(lev, rep["sigmas"]))  # every conditional beats the noisy details
     w = rep["join_weights"]  # the joined machine's per-band weights, plotted
     assert w["parts"] == ["gaussian-P1", "mixture-K5"] and len(w["weights"]) == 2 and len(w["bands"]) == 10
     assert gated in rep["samples"]["rows"] + list(rep["samples"]["diverged"])

@@ -157,7 +157,7 @@ class CascadeMachine(Estimator, Denoiser):
 
     @property
     def name(self) -> str:
-        coarse = self.coarse_.name if hasattr(self, "coarse_") else self.coarse["family"]
+        coarse = (self.coarse_ if hasattr(self, "coarse_") else self._make_coarse()).name
         return f"cascade({coarse}; K{self.components}-r{self.radius})"
 
     def _structure(self, shape) -> list[_Level]:
@@ -282,6 +282,30 @@ class CascadeMachine(Estimator, Denoiser):
                 a = self.synthesise_level(j, a, d)
             out[sel] = a
         return out.to(x.dtype)
+
+    def level_errors(self, x: torch.Tensor, sigmas, *, seed: int = 0) -> dict:
+        """Per level and sigma, the mean squared error of denoising d_j given the clean a_j
+        (noise on the details only: what each conditional was built for), beside the error
+        of returning the noisy details (sigma^2): which scale's conditional does how much."""
+        self._require_fitted()
+        x = check_images(x, shape=self.shape_, finite=True)
+        _, details = self.analyse(x)
+        a = x.to(torch.float64)
+        clean_a = []
+        for lv in self.levels_:  # a_1 .. a_J: the clean conditioning of each level
+            a = lv.t.forward(a)[:, lv.a_slice].reshape(-1, *lv.a_shape)
+            clean_a.append(a)
+        gen = torch.Generator().manual_seed(seed)
+        out = {"sigmas": [float(s) for s in sigmas], "levels": {}}
+        for j, (d, a) in enumerate(zip(details, clean_a)):
+            z = torch.randn(d.shape, generator=gen, dtype=torch.float64)
+            errs = []
+            for s in out["sigmas"]:
+                y = d + s * z
+                est = y + s * s * self.conditional_score(j, y, a, s)
+                errs.append(float(((est - d) ** 2).mean()))
+            out["levels"][f"level {j + 1} ({self.levels_[j].a_shape[1]}x{self.levels_[j].a_shape[2]})"] = errs
+        return out
 
     def level_denoiser(self, j: int, a: torch.Tensor) -> "_ConditionalDenoiser":
         """A model with ``denoise(d, sigma)`` for level j's details given clean a_j: what the

@@ -155,6 +155,9 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     report["samples"] = {"rows": rows, "diverged": diverged, "n": n_samples, "steps": steps,
                          "sampler": {name: "cascade" if getattr(machines[name], "coarse_to_fine", False) else "heun"
                                      for name in rows}}
+    cascades = [m for m in machines.values() if getattr(m, "coarse_to_fine", False)]
+    if cascades:  # each scale's conditional alone: the error of d_j given the clean a_j (method.md §14)
+        report["cascade_levels"] = {cascades[0].name: cascades[0].level_errors(test[:500], sigmas)}
     joined = [m for m in machines.values() if hasattr(m, "parts_")]
     if joined:  # which part serves which band at which sigma: the per-scale reading (method.md §13)
         report["join_weights"] = joined[0].choice_
@@ -221,6 +224,15 @@ def render_html(report: dict, out: Path) -> str:
               "<p>" + ", ".join(html.escape(r) for r in report["samples"]["rows"])
               + "".join(f"; <b>{html.escape(n)} diverged</b>" for n in report["samples"]["diverged"]) + "</p>",
               _img(out / "samples.png", "samples")]
+    for name, lev in report.get("cascade_levels", {}).items():
+        head = "<tr><th>level</th>" + "".join(f"<th>σ={x:g}</th>" for x in lev["sigmas"]) + "</tr>"
+        rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{e / x**2:.3f}</td>" for e, x in
+                                                                   zip(v, lev["sigmas"])) + "</tr>"
+                       for k, v in lev["levels"].items())
+        parts += [f"<h2>The cascade per scale: {html.escape(name)}</h2>",
+                  "<p>Error of each level's conditional denoiser of the details given the clean coarser image, "
+                  "relative to the noise (1: no better than the noisy details; docs/method.md §14).</p>",
+                  f"<table>{head}{rows}</table>"]
     if "join_weights" in report:
         parts += ["<h2>Which machine serves which wavelet band at which noise level (the joined machine)</h2>",
                   "<p>Held-out affine weights per band and sigma (docs/method.md §13): the local mixture takes the "
