@@ -177,3 +177,77 @@ def test_default_schedule_and_clamping(tiny):
         ELSDenoiser(train, patch_size=lambda s: 2).denoise(train, 0.1)
     with pytest.raises(WavescoreError, match="wrap"):
         ELSDenoiser(train, wrap="reflect")
+
+
+# ---------------------------------------------------------------------------------- ELS box path
+def _rand_images(n, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, h, w, generator=g, dtype=torch.float64) * 2 - 1
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+@pytest.mark.parametrize("patch", [1, 3, 5, 99])  # 99: clamped (periodic 7 / 5, pad 15 / 13)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 6, 7)])
+def test_els_box_matches_unfold_and_brute_force(wrap, patch, shape):
+    train, x = _rand_images(16, *shape, seed=5), _rand_images(2, *shape, seed=6)
+    box = ELSDenoiser(train, patch_size=patch, wrap=wrap, method="box")
+    unfold = ELSDenoiser(train, patch_size=patch, wrap=wrap, method="unfold")
+    for sigma in (0.05, 0.5, 5.0):
+        ref = _brute_els(train, x, sigma, box.patch_size_for(sigma), wrap)
+        ours = box.denoise(x, sigma)
+        assert torch.allclose(ours, ref, atol=1e-10, rtol=0)
+        assert torch.allclose(ours, unfold.denoise(x, sigma), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+def test_els_box_schedule_and_per_image_sigma(wrap):
+    """A callable schedule (several patch sizes in one call) and one sigma per image take the
+    box path exactly as the unfold path."""
+    train, x = _rand_images(15, 2, 8, 8, seed=7), _rand_images(5, 2, 8, 8, seed=8)
+
+    def schedule(s):
+        return 1 if s < 0.1 else 3 if s < 0.4 else 5 if s < 1.0 else 99
+
+    sig = torch.tensor([0.05, 0.2, 0.3, 0.8, 3.0], dtype=torch.float64)
+    box = ELSDenoiser(train, patch_size=schedule, wrap=wrap, method="box").denoise(x, sig)
+    unfold = ELSDenoiser(train, patch_size=schedule, wrap=wrap, method="unfold").denoise(x, sig)
+    assert torch.allclose(box, unfold, atol=1e-10, rtol=0)
+    one = ELSDenoiser(train, patch_size=3, wrap=wrap, method="box").denoise(x[1:2], 0.2)
+    assert torch.allclose(box[1:2], one, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+def test_els_box_chunk_and_batch_invariance(wrap):
+    """Blocks that split the displacements within a row (chunk 7 on 8 columns), across rows
+    (chunk 50), or several training images per block with a short last one (11 images),
+    and any test batch, give the same output."""
+    train, x = _rand_images(11, 1, 8, 8, seed=9), _rand_images(3, 1, 8, 8, seed=10)
+    outs = [ELSDenoiser(train, patch_size=5, wrap=wrap, method="box", chunk_size=cs, batch_size=bs).denoise(x, 0.3)
+            for cs, bs in [(100000, None), (1, 1), (7, 2), (50, 3)]]
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-12, rtol=0)
+
+
+def test_els_box_float32():
+    train, x = _rand_images(10, 1, 8, 8, seed=11), _rand_images(2, 1, 8, 8, seed=12)
+    d64 = ELSDenoiser(train, patch_size=5, method="box").denoise(x, 0.5)
+    d32 = ELSDenoiser(train.float(), patch_size=5, method="box", dtype=torch.float32).denoise(x.float(), 0.5)
+    assert d32.dtype == torch.float32
+    assert (d32.double() - d64).abs().max() < 1e-4
+
+
+def test_els_method_and_train_subset():
+    train, x = _rand_images(12, 1, 6, 6, seed=13), _rand_images(2, 1, 6, 6, seed=14)
+    assert ELSDenoiser(train, method="auto")._use_box(ELSDenoiser.BOX_MIN_PATCH)
+    assert not ELSDenoiser(train, method="unfold")._use_box(27)
+    with pytest.raises(WavescoreError, match="method"):
+        ELSDenoiser(train, method="fft")
+    sub = ELSDenoiser(train, patch_size=3, train_subset=5, seed=3)
+    idx = sub.train_index_
+    assert idx.numel() == 5 and torch.equal(idx, torch.sort(idx).values)
+    assert torch.equal(idx, ELSDenoiser(train, train_subset=5, seed=3).train_index_)
+    assert not torch.equal(idx, ELSDenoiser(train, train_subset=5, seed=4).train_index_)
+    assert torch.allclose(sub.denoise(x, 0.4), ELSDenoiser(train[idx], patch_size=3).denoise(x, 0.4), atol=1e-12, rtol=0)
+    assert ELSDenoiser(train, train_subset=100).n_train_ == 12
+    with pytest.raises(WavescoreError, match="positive whole number"):
+        ELSDenoiser(train, train_subset=0)
