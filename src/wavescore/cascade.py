@@ -205,40 +205,32 @@ class CascadeMachine(Estimator, Denoiser):
         """The coarse model on the a_J images, then each level's conditional mixtures."""
         t0 = time.perf_counter()
         x, shape = begin_fit(self, data, "lower max_samples, use fewer images or max_memory=")
-        self.levels_ = self._structure(shape)
+        levels = self._structure(shape)
         local = self._local()
         gen = torch.Generator().manual_seed(self.seed)
         params, loglik = [], []
         a = x.to(torch.float64)
-        todo = [(j, g) for j, lv in enumerate(self.levels_) for g in lv.groups]
-        bar = progress_bar(total=len(todo), desc=f"fit {self.name}", unit="group", enabled=progress, leave=False)
-        for j, lv in enumerate(self.levels_):
+        bar = progress_bar(total=sum(len(lv.groups) for lv in levels), desc=f"fit {self.name}", unit="group",
+                           enabled=progress, leave=False)
+        for lv in levels:
             v = torch.cat([lv.t.forward(a[s : s + self.batch_size]) for s in range(0, a.shape[0], self.batch_size)])
-            level_params, level_ll = [], []
-            for g in lv.groups:
-                u = local._samples(v, g, gen)
-                if u.shape[1] < self.components:
-                    raise WavescoreError(f"{self.components} components need at least as many neighbourhoods; level "
-                                         f"{j + 1} group {g.name} has {u.shape[1]}: lower components or fewer levels")
-                p, ll = local._fit_group(u)
-                level_params.append(p)
-                level_ll.append(ll)
-                bar.update(1)
+            level_params, level_ll = local._fit_groups(v, lv.groups, gen, "use fewer levels")
             params.append(level_params)
             loglik.append(level_ll)
+            bar.update(len(lv.groups))
             a = v[:, lv.a_slice].reshape(-1, *lv.a_shape)
         bar.close()
         coarse = self._make_coarse()
         coarse.fit(a.to(x.dtype), progress=progress)
-        self._adopt(shape, coarse, params)
+        self._adopt(shape, coarse, params, levels)
         self.loglik_ = loglik
         self.n_samples_ = int(x.shape[0])
         self.fit_time_ = time.perf_counter() - t0
         return self
 
-    def _adopt(self, shape, coarse, params) -> None:
+    def _adopt(self, shape, coarse, params, levels) -> None:
         self.shape_ = shape
-        self.levels_ = self._structure(shape)
+        self.levels_ = levels
         self.coarse_ = coarse
         self.params_ = params
         self.cond_ = [[conditional_params(p, g.md) for p, g in zip(lp, lv.groups)]
@@ -354,7 +346,7 @@ class CascadeMachine(Estimator, Denoiser):
                     raise WavescoreError(f"{path} holds non-finite or non-positive mixture arrays: {hint}")
                 lp.append(p)
             params.append(lp)
-        m._adopt(shape, coarse, params)
+        m._adopt(shape, coarse, params, levels)
         m.loglik_, m.n_samples_, m.fit_time_ = header["loglik"], header["count"], header.get("fit_time")
         return m
 

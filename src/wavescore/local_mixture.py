@@ -160,20 +160,28 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
         w = torch.cat([transform.forward(x[s : s + self.batch_size].to(torch.float64))
                        for s in range(0, x.shape[0], self.batch_size)])
         gen = torch.Generator().manual_seed(self.seed)
-        params, loglik = [], []
-        for g in progress_bar(groups, desc=f"fit {self.name}", unit="group", enabled=progress, leave=False):
-            u = self._samples(w, g, gen)
-            if u.shape[1] < self.components:
-                raise WavescoreError(f"{self.components} components need at least as many neighbourhoods per "
-                                     f"mixture; group {g.name} has {u.shape[1]}: lower components or use shared=True")
-            p, ll = self._fit_group(u)
-            params.append(p)
-            loglik.append(ll)
+        bar = progress_bar(groups, desc=f"fit {self.name}", unit="group", enabled=progress, leave=False)
+        params, loglik = self._fit_groups(w, bar, gen, "use shared=True")
         self.shape_, self.transform_, self.groups_ = shape, transform, groups
         self.params_, self.loglik_ = params, loglik
         self.n_samples_ = int(x.shape[0])
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _fit_groups(self, w: torch.Tensor, groups, gen: torch.Generator, advice: str) -> tuple[list, list]:
+        """Each group's mixture (k-means, then soft EM) on its sampled neighbourhoods of the
+        coefficients ``w``: (params, mean log-likelihoods), one per group. The cascade fits its
+        conditionals' joint mixtures here too."""
+        params, loglik = [], []
+        for g in groups:
+            u = self._samples(w, g, gen)
+            if u.shape[1] < self.components:
+                raise WavescoreError(f"{self.components} components need at least as many neighbourhoods per "
+                                     f"mixture; group {g.name} has {u.shape[1]}: lower components or {advice}")
+            p, ll = self._fit_group(u)
+            params.append(p)
+            loglik.append(ll)
+        return params, loglik
 
     def _samples(self, w: torch.Tensor, g: Group, gen: torch.Generator) -> torch.Tensor:
         """The training neighbourhoods of group ``g`` as (R, S, m): R = 1 pooled over positions

@@ -4,6 +4,7 @@ choices and the report read it, so a new preset is one entry here (docs/architec
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,51 +68,31 @@ def mixed_presets() -> tuple[str, ...]:
     return tuple(n for n, p in PRESETS.items() if p.terms is not None)
 
 
+# preset.machine -> the module and class that machine kind is
+_CLASSES = {"score": ("machine", "ScoreMachine"), "gated": ("gates", "GatedMachine"), "joint": ("joint", "JointMachine"),
+            "mixture": ("mixture", "MixtureMachine"), "local-mixture": ("local_mixture", "LocalMixtureMachine"),
+            "joined": ("joined", "JoinedMachine"), "cascade": ("cascade", "CascadeMachine")}
+
+
+def _class(kind: str):
+    module, name = _CLASSES[kind]
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 def make_machine(family: str = "local", **params):
-    """An unfitted machine of ``family`` configured by ``params``: a GatedMachine for
-    ``gaussian+gates``, a JointMachine for ``strongest``, else ``ScoreMachine(family=family, **params)``."""
+    """An unfitted machine of ``family`` configured by ``params``: the class its preset names
+    (GatedMachine for ``gaussian+gates``, JointMachine for ``strongest``, ...), else
+    ``ScoreMachine(family=family, **params)``."""
     preset = PRESETS.get(family)
     if preset is None:
         raise WavescoreError(f"unknown family {family!r}: choose one of {', '.join(PRESETS)}")
-    if preset.machine == "gated":
-        from .gates import GatedMachine
-
-        return GatedMachine(**params)
-    if preset.machine == "joint":
-        from .joint import JointMachine
-
-        return JointMachine(**params)
-    if preset.machine == "mixture":
-        from .mixture import MixtureMachine
-
-        return MixtureMachine(**params)
-    if preset.machine == "local-mixture":
-        from .local_mixture import LocalMixtureMachine
-
-        return LocalMixtureMachine(**params)
-    if preset.machine == "cascade":
-        from .cascade import CascadeMachine
-
-        return CascadeMachine(**params)
-    if preset.machine == "joined":
-        from .joined import JoinedMachine
-
-        return JoinedMachine(**params)
-    from .machine import ScoreMachine
-
-    return ScoreMachine(family=family, **params)
+    if preset.machine == "score":
+        return _class("score")(family=family, **params)
+    return _class(preset.machine)(**params)
 
 
 def machine_classes() -> dict:
-    """Every machine class by the format name of its files (``load_model`` and the joined
-    machine's parts read them); a file of no listed format is a ScoreMachine's."""
-    from .cascade import FORMAT as CASCADE, CascadeMachine
-    from .gates import FORMAT as GATED, GatedMachine
-    from .joined import FORMAT as JOINED, JoinedMachine
-    from .joint import FORMAT as JOINT, JointMachine
-    from .local_mixture import FORMAT as LOCAL_MIXTURE, LocalMixtureMachine
-    from .machine import FORMAT as SCORE, ScoreMachine
-    from .mixture import FORMAT as MIXTURE, MixtureMachine
-
-    return {SCORE: ScoreMachine, GATED: GatedMachine, JOINT: JointMachine, MIXTURE: MixtureMachine,
-            LOCAL_MIXTURE: LocalMixtureMachine, JOINED: JoinedMachine, CASCADE: CascadeMachine}
+    """Every machine class by the format name of its files (``load_model``, and the joined
+    machine's and the cascade's parts, read them); a file of no listed format is a ScoreMachine's."""
+    return {importlib.import_module(f".{module}", __package__).FORMAT: _class(kind)
+            for kind, (module, _) in _CLASSES.items()}
