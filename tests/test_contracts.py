@@ -166,6 +166,25 @@ def test_one_experiment_runner(tmp_path, capsys):
                       progress=False)
     assert list(other["models"]) == ["gaussian-P1"] and other["n_test"] == 30  # another protocol: a new table
     assert other["models"]["gaussian-P1"]["fit_seconds"] != before
+    resized = run_table(cfgs[:1], "digits", tmp_path, stem="t", title="t", limit_test=30, sigmas=(0.1, 1.0),
+                        size=16, progress=False)  # a resized table is another protocol too
+    assert resized["size"] == 16 and resized["models"]["gaussian-P1"]["mse"] != other["models"]["gaussian-P1"]["mse"]
+
+
+def test_resize():
+    """datasets.resize is bilinear interpolation (a constant image stays constant; sizes are checked)."""
+    import pytest
+    import torch
+
+    from wavescore._io import WavescoreError
+    from wavescore.datasets import resize
+
+    x = torch.full((2, 1, 8, 8), 0.25)
+    assert resize(x, 32).shape == (2, 1, 32, 32) and torch.allclose(resize(x, 32), torch.tensor(0.25))
+    ramp = torch.arange(4.0).repeat(4, 1)[None, None]
+    assert torch.allclose(resize(ramp, 8)[0, 0, 0], torch.tensor([0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]))
+    with pytest.raises(WavescoreError, match="size must be a whole number"):
+        resize(x, 1.5)
 
 
 def test_sampling_runner(tmp_path, capsys):

@@ -96,6 +96,16 @@ PHOTOS = PHOTO_SKLEARN + PHOTO_SKIMAGE
 PHOTO_TRAIN_FRACTION = 0.75
 
 
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` (N, C, H, W) resized to ``size`` x ``size`` by bilinear interpolation: a size
+    point beyond a dataset's own (MNIST upsampled to 64x64), not new detail."""
+    if isinstance(size, bool) or int(size) != size or size < 2:
+        raise WavescoreError(f"size must be a whole number of pixels >= 2, got {size!r}")
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(int(size),) * 2, mode="bilinear", align_corners=False)
+
+
 def list_datasets() -> dict[str, str]:
     """Known dataset names with a one-line description (a path to images also works)."""
     return dict(_DESCRIPTIONS)

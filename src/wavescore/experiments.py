@@ -45,12 +45,13 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
 def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str, title: str,
               limit_test: int | None = None, nets: Sequence[str] = (), only: Sequence[str] | None = None,
               save_machines: str | None = None, sigmas=DEFAULT_SIGMAS, table: dict | None = None,
-              progress: bool = True) -> dict:
+              size: int | None = None, progress: bool = True) -> dict:
     """Fit every configuration (``models.build_machine``) on ``data``'s training split, evaluate
     it and every network checkpoint in ``nets`` on the test split, and write
     ``out/stem.{json,md,png}``. ``only``: fit just the rows whose names start with one of these.
-    ``table``: options of :func:`markdown_table`. Returns the result dict."""
-    from .datasets import load_dataset
+    ``table``: options of :func:`markdown_table`; ``size``: both splits resized to size x size
+    (datasets.resize). Returns the result dict."""
+    from .datasets import load_dataset, resize
     from .models import build_machine
     from .plots import plot_mse_curves
 
@@ -58,7 +59,9 @@ def run_table(configs: Sequence[dict], data: str, out: Path | str, *, stem: str,
     path = out / f"{stem}.json"
     train = load_dataset(data, "train")
     test = load_dataset(data, "test", limit=limit_test)
-    result = _resumable(path, data=data, n_train=int(train.shape[0]), n_test=int(test.shape[0]),
+    if size is not None:
+        train, test = resize(train, size), resize(test, size)
+    result = _resumable(path, data=data, size=size, n_train=int(train.shape[0]), n_test=int(test.shape[0]),
                         sigmas=[float(s) for s in sigmas])
     result.update(command=" ".join(["python"] + sys.argv),
                   machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -116,9 +119,15 @@ def table_main(configs: Sequence[dict], stem: str, title: str, description: str,
     ap.add_argument("--save-machines", default=None, help="folder to keep the fitted machines (.wsm)")
     ap.add_argument("--only", nargs="*", default=None,
                     help="fit only the models whose names start with one of these (e.g. gaussian-P1 gaussian+gates)")
+    ap.add_argument("--size", type=int, default=None, help="resize both splits to SIZE x SIZE (e.g. MNIST at 64)")
     args = ap.parse_args(argv)
-    return run_table(configs, args.data, args.output, stem=stem if args.data == "mnist" else f"{stem}-{args.data}",
-                     title=f"{args.data}: {title}", limit_test=args.limit_test, nets=args.nets, only=args.only,
+    if args.data != "mnist":
+        stem = f"{stem}-{args.data}"
+    if args.size is not None:
+        stem = f"{stem}-{args.size}"
+    return run_table(configs, args.data, args.output, stem=stem, size=args.size,
+                     title=f"{args.data}{'' if args.size is None else f' at {args.size}x{args.size}'}: {title}",
+                     limit_test=args.limit_test, nets=args.nets, only=args.only,
                      save_machines=args.save_machines, table=table or None)
 
 

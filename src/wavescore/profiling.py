@@ -81,14 +81,14 @@ def _fit_memory_child(spec: dict) -> dict:
     """Runs in a fresh process: load data, warm up, reset the peak, fit (+ one solve for a
     ScoreMachine), report. ``params`` with a ``family`` of another machine class (cascade,
     mixture, ...) fits that class (presets.make_machine)."""
-    from .datasets import load_dataset
+    from .datasets import load_dataset, resize
     from .machine import ScoreMachine
     from .presets import PRESETS, make_machine
 
     if "data" in spec:
         x = load_dataset(spec["data"], spec.get("split", "train"), limit=spec.get("n"))
-        if spec.get("size") and int(spec["size"]) != x.shape[-1]:  # e.g. MNIST upsampled to 64x64
-            x = torch.nn.functional.interpolate(x, size=(int(spec["size"]),) * 2, mode="bilinear", align_corners=False)
+        if spec.get("size"):  # e.g. MNIST upsampled to 64x64
+            x = resize(x, int(spec["size"]))
     else:
         g = torch.Generator().manual_seed(0)
         x = torch.rand((int(spec["n"]), *spec["shape"]), generator=g) * 2 - 1
