@@ -99,3 +99,134 @@ def test_auto_components_choose_by_held_out_error_and_round_trip(tmp_path):
     assert again.choice_ == c and torch.allclose(again.denoise(y, 0.3), m.denoise(y, 0.3), rtol=0, atol=1e-12)
     with pytest.raises(WavescoreError, match="auto"):
         MixtureMachine(components="auto").fit(x[:50], progress=False)
+
+
+# ---------------------------------------------------------------- low-rank covariances (method.md §11)
+@pytest.fixture(scope="module")
+def lowrank(digits):
+    return MixtureMachine(components=10, covariance="lowrank", rank=8).fit(digits)
+
+
+def _dense_log_density(m, w, s):
+    """The low-rank mixture's noisy log-density built densely from U U^T + diag(d + s^2)."""
+    U, d = m.factors_, m.diag_
+    C = U @ U.transpose(1, 2) + torch.diag_embed(d + s * s)  # (K, D, D)
+    L = torch.linalg.cholesky(C)
+    v = (w[None] - m.means_[:, None]).unsqueeze(-1)  # (K, n, D, 1)
+    z = torch.linalg.solve_triangular(L[:, None], v, upper=False).squeeze(-1)
+    D = w.shape[1]
+    logn = -0.5 * (2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)[:, None] + (z * z).sum(-1)
+                   + D * np.log(2 * np.pi))
+    return torch.logsumexp(torch.log(m.weights_)[:, None] + logn, 0)
+
+
+def test_lowrank_of_full_rank_is_the_full_covariance(digits):
+    x = digits.double()
+    full = MixtureMachine(components=10).fit(x)
+    lr = MixtureMachine(components=10, covariance="lowrank", rank=64).fit(x)
+    over = MixtureMachine(components=10, covariance="lowrank", rank=100).fit(x)  # rank above D is D
+    assert lr.factors_.shape == over.factors_.shape == (10, 64, 64) and torch.equal(lr.factors_, over.factors_)
+    # the residual diagonal is round-off: d = the shrinkage floor, as in the full covariance
+    floor = full.shrinkage * full.mean_variance_
+    assert float((lr.diag_ - floor).abs().max()) < 1e-12
+    y = _noisy(x[:60], 0.3)
+    for s in (0.002, 0.01, 0.5, 20.0, 80.0):
+        ref = full.score(y, s)
+        assert float((lr.score(y, s) - ref).abs().max()) < 1e-9 * float(ref.abs().max())
+        assert float((lr.denoise(y, s) - full.denoise(y, s)).abs().max()) < 1e-9
+
+
+def test_lowrank_score_is_the_gradient_of_its_log_density(lowrank, digits):
+    w = lowrank.transform_.forward(_noisy(digits[:40], 0.3).double()).requires_grad_(True)
+    for s in (0.002, 0.01, 0.5, 20.0, 80.0):
+        grad, = torch.autograd.grad(lowrank.log_density(w, s).sum(), w)
+        got = lowrank.wavelet_score(w.detach(), s)
+        assert torch.isfinite(got).all()
+        assert float((got - grad).abs().max()) <= 1e-9 * float(grad.abs().max())
+
+
+def test_woodbury_equals_the_dense_evaluation(digits):
+    m = MixtureMachine(components=3, covariance="lowrank", rank=5).fit(digits[:300])
+    w = m.transform_.forward(_noisy(digits[300:330], 0.3).double())
+    for s in (0.002, 0.01, 0.5, 20.0, 80.0):
+        dense = _dense_log_density(m, w, s)
+        got = m.log_density(w, s)
+        assert float((got - dense).abs().max()) <= 1e-10 * float(dense.abs().max())
+        wg = w.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(_dense_log_density(m, wg, s).sum(), wg)
+        assert float((m.wavelet_score(w, s) - grad).abs().max()) <= 1e-10 * float(grad.abs().max())
+
+
+def test_lowrank_memory_is_k_d_r_and_it_denoises(lowrank, digits):
+    K, D, r = 10, 64, 8
+    assert lowrank.name == "mixture-K10-r8"
+    assert not hasattr(lowrank, "U_") and not hasattr(lowrank, "lam_")  # nothing D x D is kept
+    fitted = [lowrank.weights_, lowrank.means_, lowrank.factors_, lowrank.diag_]
+    assert sum(t.numel() for t in fitted) == K * (1 + D + D * r + D)
+    assert (lowrank.diag_ >= lowrank.shrinkage * lowrank.mean_variance_).all()
+    x = digits.double()
+    y = _noisy(x, 0.5, seed=1)
+    g = ScoreMachine(family="gaussian").fit(digits, progress=False)
+    mse = float(((lowrank.denoise(y, 0.5) - x) ** 2).mean())
+    assert mse < 0.9 * float(((g.denoise(y, 0.5) - x) ** 2).mean())
+    # no overflow or NaN at the ends of the noise range, even far from every component
+    for s in (0.002, 80.0):
+        for inp in (y[:30], 50 * y[:30]):
+            assert torch.isfinite(lowrank.score(inp, s)).all() and torch.isfinite(lowrank.denoise(inp, s)).all()
+
+
+def test_lowrank_round_trips_exactly_and_old_files_load(lowrank, fitted, digits, tmp_path):
+    from wavescore._io import write_archive
+
+    again = MixtureMachine.load(lowrank.save(tmp_path / "lr.wsm"))
+    assert again.get_params() == lowrank.get_params() and again.name == "mixture-K10-r8"
+    for a in ("weights_", "means_", "factors_", "diag_"):
+        assert torch.equal(getattr(again, a), getattr(lowrank, a))
+    y = _noisy(digits[:20].double(), 0.3)
+    for s in (0.002, 0.3, 80.0):
+        assert torch.equal(again.denoise(y, s), lowrank.denoise(y, s))
+    # a file written before covariance= and rank= existed loads as the full covariance
+    header, arrays = fitted._archive()
+    for k in ("covariance", "rank"):
+        del header["params"][k]
+    old = MixtureMachine.load(write_archive(tmp_path / "old.wsm", header, arrays))
+    assert old.covariance == "full" and old.rank is None and torch.equal(old.U_, fitted.U_)
+    # same values; eigh's strided eigenbasis vs the loaded contiguous copy differs only in GEMM round-off
+    assert torch.allclose(old.denoise(y, 0.3), fitted.denoise(y, 0.3), rtol=0, atol=1e-12)
+    # a low-rank header with the full machine's arrays is refused, not misread
+    header, _ = lowrank._archive()
+    with pytest.raises(WavescoreError, match="does not match its own configuration"):
+        MixtureMachine.load(write_archive(tmp_path / "mixed.wsm", header, arrays))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"covariance": "lowrank", "rank": 0}, "rank must be a whole number >= 1, got 0"),
+    ({"covariance": "lowrank", "rank": 2.5}, "rank must be a whole number >= 1, got 2.5"),
+    ({"covariance": "lowrank", "rank": "20"}, "rank must be a whole number"),
+    ({"covariance": "lowrank"}, "needs rank=r"),
+    ({"covariance": "diagonal", "rank": 4}, "covariance must be 'full' or 'lowrank'"),
+    ({"rank": 4}, "applies only to covariance='lowrank'"),
+])
+def test_lowrank_bad_input(kwargs, match):
+    with pytest.raises(WavescoreError, match=match) as exc:
+        MixtureMachine(components=3, **kwargs)
+    assert "\n" not in str(exc.value)
+
+
+def test_lowrank_cli(tmp_path, capsys):
+    import json
+
+    from wavescore.cli import main
+
+    wsm = tmp_path / "lr.wsm"
+    assert main(["fit", "--data", "digits", "--family", "mixture", "--components", "5", "--covariance", "lowrank",
+                 "--rank", "6", "-o", str(wsm)]) == 0
+    assert MixtureMachine.load(wsm).factors_.shape == (5, 64, 6)
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(wsm), "--data", "digits", "--sigmas", "0.5", "-o", str(out)]) == 0
+    assert list(json.loads(out.read_text())["models"]) == ["mixture-K5-r6"]
+    capsys.readouterr()
+    assert main(["fit", "--data", "digits", "--family", "local-mixture", "--rank", "6", "-o", str(wsm)]) == 2
+    assert "--rank does not apply to --family local-mixture" in capsys.readouterr().err
+    assert main(["fit", "--data", "digits", "--family", "mixture", "--covariance", "lowrank", "-o", str(wsm)]) == 2
+    assert "needs rank=r" in capsys.readouterr().err

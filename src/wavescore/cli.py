@@ -200,6 +200,11 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
                         "(default 100; auto: chosen by held-out denoising error); local-mixture: per band (default 64)")
     p.add_argument("--basis", default=None, choices=["wavelet", "pixel"],
                    help="local-mixture: neighbourhoods of wavelet coefficients or pixel patches (default pixel)")
+    p.add_argument("--covariance", default=None, choices=["full", "lowrank"],
+                   help="mixture: full covariances (default) or low rank plus diagonal, U U^T + diag(d), with --rank "
+                        "factors (method.md §11)")
+    p.add_argument("--rank", type=_whole(1), default=None,
+                   help="mixture with --covariance lowrank: the number of factors per component (e.g. 20)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
@@ -237,9 +242,12 @@ def _build_fit_machine(args: argparse.Namespace):
                                             ("--gate-scales", args.gate_scales is not None),
                                             ("--energy-scales", args.energy_scales is not None),
                                             ("--basis", args.family != "local-mixture" and args.basis is not None),
-                                            ("--bands", args.family != "local-mixture" and args.bands != "same"))
+                                            ("--bands", args.family != "local-mixture" and args.bands != "same"),
+                                            ("--covariance", args.family != "mixture" and args.covariance is not None),
+                                            ("--rank", args.family != "mixture" and args.rank is not None))
                    if given]
-        settable = {"mixture": "--components", "local-mixture": "--components, --radius, --basis, --bands",
+        settable = {"mixture": "--components, --covariance, --rank",
+                    "local-mixture": "--components, --radius, --basis, --bands",
                     "mixture+local-mixture": "--components for the global mixture, --radius for the local one",
                     "cascade": "--components and --radius of the conditionals, --levels"}
         settable = settable[args.family]
@@ -252,8 +260,11 @@ def _build_fit_machine(args: argparse.Namespace):
         if args.family == "mixture":
             from .mixture import MixtureMachine
 
+            if args.rank is not None and args.covariance is None:
+                args.covariance = "lowrank"  # --rank alone means the low-rank form
             return MixtureMachine(components=100 if args.components is None else args.components,
-                                  wavelet=args.wavelet, levels=args.levels)
+                                  wavelet=args.wavelet, levels=args.levels, covariance=args.covariance or "full",
+                                  rank=args.rank)
         if args.family == "cascade":
             from .cascade import CascadeMachine
 
@@ -279,6 +290,8 @@ def _build_fit_machine(args: argparse.Namespace):
                              "drop it")
     if args.basis is not None:
         raise WavescoreError("--basis applies only to --family local-mixture: drop it")
+    if args.covariance is not None or args.rank is not None:
+        raise WavescoreError("--covariance and --rank apply only to --family mixture: drop them")
     if args.family == "strongest":
         from .joint import JointMachine
 

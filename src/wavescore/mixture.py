@@ -16,6 +16,10 @@ covariance shrunk towards the pooled one (with the weight of ``prior`` images) a
 ``shrinkage`` x (mean variance) on its diagonal. The per-component sums (count,
 sum, sum of outer products) are the sufficient statistics: they merge exactly across shards.
 With one component it is the Gaussian score (its ridge = ``shrinkage``).
+
+``covariance="lowrank"``: Sigma_k = U_k U_k^T + diag(d_k) with r factors (lowrank_from_stats), and
+the noisy marginal N(mu_k, U_k U_k^T + diag(d_k + s^2)) is evaluated by Woodbury and the matrix
+determinant lemma (lowrank_log_joint; docs/method.md §11): O(K D r) memory, O(K D r^2) per sigma.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ from .fitting import Estimator, begin_fit
 from .machine import WaveletScore
 from .transform import WaveletTransform
 
-__all__ = ["MixtureMachine", "kmeans", "gmm_from_stats", "gmm_log_joint", "gmm_score", "AUTO_COMPONENTS"]
+__all__ = ["MixtureMachine", "kmeans", "gmm_from_stats", "gmm_log_joint", "gmm_score", "lowrank_from_stats",
+           "lowrank_log_joint", "lowrank_score", "AUTO_COMPONENTS"]
 
 FORMAT = "wavescore-mixture-machine"
 FORMAT_VERSION = 1
@@ -83,18 +88,9 @@ def check_mixture_params(m) -> None:
         raise WavescoreError(f"wavelet must be a name like 'haar' or 'db2', got {m.wavelet!r}")
 
 
-def gmm_from_stats(stats: dict, prior: float, floor: float, *, consume: bool = False):
-    """Mixture parameters from per-component sums, batched over R independent mixtures:
-    ``count`` (R, K), ``sum`` (R, K, d), ``outer`` (R, K, d, d) -> weights (R, K), means
-    (R, K, d), eigenvalues (R, K, d) and eigenvectors (R, K, d, d) of the covariances.
-
-    Each covariance is shrunk towards its mixture's pooled covariance with the weight of
-    ``prior`` samples, (n_k Sigma_k + prior Sigma) / (n_k + prior): a component of n_k samples
-    spans at most n_k - 1 directions, and alone it would project every input onto that span at
-    small sigma. ``floor`` is added to every diagonal (no singular component). A component left
-    with under one sample (soft EM can empty one) takes the pooled mean; its weight stays ~0.
-    ``consume``: the outer sums become the covariances in place (the memory of a global mixture).
-    """
+def _shrunk_moments(stats: dict, prior: float, consume: bool):
+    """Weights (R, K), means (R, K, d) and the shrunk covariances (R, K, d, d), no floor yet:
+    the part of the M-step both covariance forms share (gmm_from_stats' docstring)."""
     n, total_n = stats["count"], stats["count"].sum(1)  # (R, K), (R,)
     mean_all = stats["sum"].sum(1) / total_n[:, None]  # (R, d)
     pooled = stats["outer"].sum(1) / total_n[:, None, None] - mean_all[:, :, None] * mean_all[:, None, :]
@@ -110,10 +106,48 @@ def gmm_from_stats(stats: dict, prior: float, floor: float, *, consume: bool = F
             ck = cov[r, k].div_(n[r, k])
             ck.sub_(torch.outer(means[r, k], means[r, k]))
             ck.mul_(n[r, k] / (n[r, k] + prior)).add_(pooled[r], alpha=float(prior / (n[r, k] + prior)))
+    return (n / total_n[:, None]).clamp_min(1e-300), means, cov
+
+
+def gmm_from_stats(stats: dict, prior: float, floor: float, *, consume: bool = False):
+    """Mixture parameters from per-component sums, batched over R independent mixtures:
+    ``count`` (R, K), ``sum`` (R, K, d), ``outer`` (R, K, d, d) -> weights (R, K), means
+    (R, K, d), eigenvalues (R, K, d) and eigenvectors (R, K, d, d) of the covariances.
+
+    Each covariance is shrunk towards its mixture's pooled covariance with the weight of
+    ``prior`` samples, (n_k Sigma_k + prior Sigma) / (n_k + prior): a component of n_k samples
+    spans at most n_k - 1 directions, and alone it would project every input onto that span at
+    small sigma. ``floor`` is added to every diagonal (no singular component). A component left
+    with under one sample (soft EM can empty one) takes the pooled mean; its weight stays ~0.
+    ``consume``: the outer sums become the covariances in place (the memory of a global mixture).
+    """
+    weights, means, cov = _shrunk_moments(stats, prior, consume)
     cov.diagonal(dim1=-2, dim2=-1).add_(floor)
     lam, U = torch.linalg.eigh(cov)
-    weights = (n / total_n[:, None]).clamp_min(1e-300)
     return weights, means, torch.maximum(lam, torch.as_tensor(floor * 1e-3, dtype=lam.dtype)), U
+
+
+def lowrank_from_stats(stats: dict, prior: float, floor: float, rank: int, *, consume: bool = False):
+    """The low-rank M-step (docs/method.md §11): the same shrunk covariance S_k as
+    gmm_from_stats, then Sigma_k = U_k U_k^T + diag(d_k) with U_k the top ``rank`` eigenpairs
+    of S_k scaled by sqrt(eigenvalue) and d_k = diag(S_k - U_k U_k^T) + floor, so every
+    coordinate keeps its variance and rank = d is gmm_from_stats' covariance. One mixture
+    (R = 1 in the batched sums) -> weights (K,), means (K, d), factors (K, d, r), diag (K, d).
+
+    Top eigenpairs of S_k rather than a PPCA/factor-analysis EM: the sufficient statistics are
+    d x d outer sums already (they merge exactly across shards), so one exact eigh per component
+    costs less than FA iterations and needs no convergence test; it runs one component at a
+    time, so the fit holds one d x d eigenbasis, not K of them."""
+    weights, means, cov = _shrunk_moments(stats, prior, consume)
+    K, d = means.shape[1], means.shape[2]
+    r = min(rank, d)  # rank >= d: the full covariance in factored form
+    factors = torch.empty(K, d, r, dtype=cov.dtype)
+    diag = torch.empty(K, d, dtype=cov.dtype)
+    for k in range(K):
+        lam, V = torch.linalg.eigh(cov[0, k])
+        factors[k] = V[:, d - r:] * lam[d - r:].clamp_min(0).sqrt()
+        diag[k] = (torch.diagonal(cov[0, k]) - (factors[k] * factors[k]).sum(1)).clamp_min(0) + floor
+    return weights[0], means[0], factors, diag
 
 
 def gmm_log_joint(y: torch.Tensor, params, s2: float):
@@ -142,6 +176,43 @@ def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None) -> tor
     return -(t.reshape(R, n, K * d) @ U.transpose(2, 3).reshape(R, K * d, d))
 
 
+def lowrank_precompute(params, s2: float):
+    """Per sigma, per component, what Woodbury needs of C_k = U_k U_k^T + diag(e_k), e_k = d_k + s2
+    (docs/method.md §11): 1/e (K, d), W = E^{-1} U (K, d, r), the Cholesky factor L of
+    M = I_r + U^T E^{-1} U (K, r, r) and log det C_k = sum log e + 2 sum log diag L (K,), the
+    matrix determinant lemma. O(K d r^2); nothing d x d."""
+    _, _, U, d = params
+    inv_e = 1.0 / (d + s2)
+    W = U * inv_e[..., None]
+    M = U.transpose(1, 2) @ W
+    M.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    L = torch.linalg.cholesky(M)  # M >= I: always positive definite
+    logdet = -torch.log(inv_e).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return inv_e, W, L, logdet
+
+
+def lowrank_log_joint(y: torch.Tensor, params, s2: float, pre=None):
+    """log pi_k + log N(y; mu_k, U_k U_k^T + diag(d_k + s2)) for y (n, d) -> (log joint (n, K),
+    C_k^{-1} (y - mu_k) as (K, n, d)), by Woodbury (docs/method.md §11):
+    C^{-1} v = E^{-1} v - W M^{-1} W^T v, v^T C^{-1} v = v^T E^{-1} v - b^T M^{-1} b with b = W^T v."""
+    weights, means = params[:2]
+    inv_e, W, L, logdet = lowrank_precompute(params, s2) if pre is None else pre
+    v = y[None] - means[:, None]  # (K, n, d)
+    b = v @ W  # (K, n, r)
+    c = torch.cholesky_solve(b.transpose(1, 2), L).transpose(1, 2)  # M^{-1} b
+    t = v * inv_e[:, None] - c @ W.transpose(1, 2)  # C^{-1} v
+    quad = (v * t).sum(-1)  # (K, n)
+    logp = torch.log(weights)[:, None] - 0.5 * (logdet[:, None] + quad + means.shape[1] * math.log(2 * math.pi))
+    return logp.T, t
+
+
+def lowrank_score(y: torch.Tensor, params, s2: float, pre=None) -> torch.Tensor:
+    """grad_y log sum_k pi_k N(y; mu_k, U_k U_k^T + diag(d_k + s2)) = -sum_k r_k C_k^{-1}(y - mu_k),
+    responsibilities in log-sum-exp (no overflow from sigma 0.002 to 80): y (n, d) -> (n, d)."""
+    logp, t = lowrank_log_joint(y, params, s2, pre)
+    return -torch.einsum("nk,knd->nd", torch.softmax(logp, -1), t)
+
+
 class MixtureMachine(Estimator, WaveletScore, Denoiser):
     """Global Gaussian mixture score (module docstring); preset ``mixture``.
 
@@ -156,6 +227,12 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     shrinkage : each covariance gets ``shrinkage`` x (the data's mean variance) on its diagonal,
         so no component is singular (MNIST's constant border coefficients).
     pca_dims, iterations, seed : the k-means clustering (in the top principal components).
+    covariance : "full" (each component's D x D covariance, by its eigendecomposition) or
+        "lowrank": Sigma_k = U_k U_k^T + diag(d_k) with ``rank`` factors, U_k the top eigenpairs of
+        the shrunk covariance and d_k its residual diagonal plus the ``shrinkage`` floor
+        (lowrank_from_stats); the score is exact at every sigma by Woodbury (docs/method.md §11),
+        O(K D r) memory and O(K D r^2) per sigma. A rank of D or more is the full covariance.
+    rank : the number of factors r of covariance="lowrank" (a whole number >= 1); None for "full".
     """
 
     _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
@@ -164,27 +241,43 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     def __init__(self, components: int | str = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
                  iterations: int = 30,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
-                 max_memory: float | None = None):
+                 max_memory: float | None = None, covariance: str = "full", rank: int | None = None):
         self._init_params(locals())
 
     def _validate(self) -> None:
         check_mixture_params(self)
         self.pca_dims = checks.whole("pca_dims", self.pca_dims, 1)
         self.iterations = checks.whole("iterations", self.iterations, 0)
+        if self.covariance not in ("full", "lowrank"):
+            raise WavescoreError(f"covariance must be 'full' or 'lowrank' (with rank=r), got {self.covariance!r}")
+        if self.covariance == "full" and self.rank is not None:
+            raise WavescoreError(f"rank={self.rank!r} applies only to covariance='lowrank': drop rank or set "
+                                 "covariance='lowrank'")
+        if self.covariance == "lowrank":
+            if self.rank is None:
+                raise WavescoreError("covariance='lowrank' needs rank=r, the number of factors per component "
+                                     "(a whole number >= 1, e.g. 20)")
+            self.rank = checks.whole("rank", self.rank, 1)
 
     @property
     def name(self) -> str:
         if self.components == "auto":
-            return f"mixture-Kauto{self.weights_.shape[0]}" if hasattr(self, "weights_") else "mixture-Kauto"
-        return f"mixture-K{self.components}"
+            k = f"Kauto{self.weights_.shape[0]}" if hasattr(self, "weights_") else "Kauto"
+        else:
+            k = f"K{self.components}"
+        return f"mixture-{k}" + (f"-r{self.rank}" if self.covariance == "lowrank" else "")
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
         """Bytes a fit needs: the coefficients of every image, the K covariances (built in place
-        of the outer-product sums), their eigenbases and eigh's copy; then scoring's flat copy."""
+        of the outer-product sums), their eigenbases and eigh's copy; then scoring's flat copy.
+        Low-rank: the K covariances, one eigh at a time and the K factors (D x r)."""
         D = int(np.prod([int(v) for v in shape]))
         n = n_images or 60000
         K = max(AUTO_COMPONENTS) if self.components == "auto" else self.components
-        total = int(1.2 * (2 * n * D + 4 * K * D * D + 4 * D * D) * 8)
+        if self.covariance == "lowrank":
+            total = int(1.2 * (2 * n * D + K * D * D + 4 * D * D + 2 * K * D * min(self.rank, D)) * 8)
+        else:
+            total = int(1.2 * (2 * n * D + 4 * K * D * D + 4 * D * D) * 8)
         return {"D": D, "total": total}
 
     # ------------------------------------------------------------------ fit
@@ -265,22 +358,34 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         if (n < 1).any():
             raise WavescoreError("a mixture component has no members: re-cluster or lower components")
         batched = {k: v[None] for k, v in stats.items()}
-        w, mu, lam, U = gmm_from_stats(batched, self.prior, self.shrinkage * mean_variance, consume=consume)
-        self.weights_, self.means_, self.lam_, self.U_ = w[0], mu[0], lam[0], U[0]
+        for old in ("lam_", "U_", "factors_", "diag_"):  # a refit may change the covariance form
+            self.__dict__.pop(old, None)
+        if self.covariance == "lowrank":
+            self.weights_, self.means_, self.factors_, self.diag_ = lowrank_from_stats(
+                batched, self.prior, self.shrinkage * mean_variance, self.rank, consume=consume)
+        else:
+            w, mu, lam, U = gmm_from_stats(batched, self.prior, self.shrinkage * mean_variance, consume=consume)
+            self.weights_, self.means_, self.lam_, self.U_ = w[0], mu[0], lam[0], U[0]
         self.n_samples_ = int(n.sum())
         self.mean_variance_ = float(mean_variance)
         return self
 
     # ------------------------------------------------------------------ score
     def _require_fitted(self) -> None:
-        if not hasattr(self, "U_"):
+        if not (hasattr(self, "U_") or hasattr(self, "factors_")):
             raise WavescoreError("this MixtureMachine is not fitted yet: call fit(data) or MixtureMachine.load(path)")
 
     def _params(self):
+        if self.covariance == "lowrank":
+            return self.weights_, self.means_, self.factors_, self.diag_
         return self.weights_[None], self.means_[None], self.lam_[None], self.U_[None]
 
     def log_density(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
-        """log p_sigma(w) of noisy coefficients (N, D) -> (N,), exact (module docstring)."""
+        """log p_sigma(w) of noisy coefficients (N, D) -> (N,), exact (module docstring; low-rank:
+        Woodbury and the determinant lemma, docs/method.md §11)."""
+        self._require_fitted()
+        if self.covariance == "lowrank":
+            return torch.logsumexp(lowrank_log_joint(w, self._params(), float(sigma) ** 2)[0], 1)
         return torch.logsumexp(gmm_log_joint(w[None], self._params(), float(sigma) ** 2)[0][0], 1)
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -291,6 +396,11 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
         out = torch.empty_like(w)
         step = max(1, int(2e8 // (8 * self.weights_.shape[0] * w.shape[1])))
+        if self.covariance == "lowrank":  # Woodbury, docs/method.md §11: one r x r Cholesky per component and sigma
+            pre = lowrank_precompute(self._params(), sigma**2)
+            for s in range(0, w.shape[0], step):
+                out[s : s + step] = lowrank_score(w[s : s + step], self._params(), sigma**2, pre)
+            return out
         for s in range(0, w.shape[0], step):
             out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2)[0]
         return out
@@ -302,8 +412,11 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
                   "count": self.n_samples_, "mean_variance": self.mean_variance_,
                   "fitted_components": int(self.weights_.shape[0]), "choice": getattr(self, "choice_", None),
                   "fit_time": getattr(self, "fit_time_", None)}
-        arrays = {"weights": self.weights_.numpy(), "means": self.means_.numpy(), "lam": self.lam_.numpy(),
-                  "U": self.U_.numpy()}
+        arrays = {"weights": self.weights_.numpy(), "means": self.means_.numpy()}
+        if self.covariance == "lowrank":
+            arrays.update(factors=self.factors_.numpy(), diag=self.diag_.numpy())
+        else:
+            arrays.update(lam=self.lam_.numpy(), U=self.U_.numpy())
         return header, arrays
 
     @classmethod
@@ -314,12 +427,20 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         K, D = header.get("fitted_components", m.components), m.transform_.layout.size
         if m.components != "auto" and K != m.components:
             raise WavescoreError(f"{path} holds {K} components for {m.components} configured: {hint}")
-        shapes = {"weights": (K,), "means": (K, D), "lam": (K, D), "U": (K, D, D)}
+        # Files written before covariance= existed hold no such parameter: they load as "full".
+        lowrank = m.covariance == "lowrank"
+        shapes = {"weights": (K,), "means": (K, D)}
+        shapes.update({"factors": (K, D, min(m.rank, D)), "diag": (K, D)} if lowrank
+                      else {"lam": (K, D), "U": (K, D, D)})
         if any(k not in arr or tuple(arr[k].shape) != v for k, v in shapes.items()):
             raise WavescoreError(f"{path} does not match its own configuration (arrays missing or of other shapes): {hint}")
-        if any(not torch.isfinite(a).all() for a in arr.values()) or not (arr["lam"] > 0).all():
+        if any(not torch.isfinite(a).all() for a in arr.values()) or not (arr["diag" if lowrank else "lam"] > 0).all():
             raise WavescoreError(f"{path} holds non-finite or non-positive mixture arrays: {hint}")
-        m.weights_, m.means_, m.lam_, m.U_ = arr["weights"], arr["means"], arr["lam"], arr["U"]
+        m.weights_, m.means_ = arr["weights"], arr["means"]
+        if lowrank:
+            m.factors_, m.diag_ = arr["factors"], arr["diag"]
+        else:
+            m.lam_, m.U_ = arr["lam"], arr["U"]
         m.n_samples_, m.mean_variance_, m.fit_time_ = header["count"], header["mean_variance"], header.get("fit_time")
         if header.get("choice") is not None:
             m.choice_ = header["choice"]
