@@ -40,3 +40,160 @@ def test_compare_end_to_end_on_digits():
     for name in ("local", "gaussian"):
         mse = res["models"][name]["mse_test"]
         assert mse[0] < 0.1**2 and mse[1] < 1.0
+
+
+# ------------------------------------------------------------------ the machine x network matrix
+import json
+
+import numpy as np
+import pytest
+
+from wavescore._io import WavescoreError
+from wavescore.compare import matrix_markdown, plot_samples
+
+
+class _Stub:
+    """A model that is a fixed mixture of other models' outputs, with a chosen kind."""
+
+    def __init__(self, parts, kind="network"):
+        self.parts, self.kind_ = parts, kind
+
+    def denoise(self, x, sigma):
+        return sum(w * m.denoise(x, sigma).double() for w, m in self.parts)
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    train = load_dataset("digits")
+    g = ScoreMachine(family="gaussian").fit(train, progress=False)
+    loc = ScoreMachine(family="local", degree=1).fit(train, progress=False)
+    return train, load_dataset("digits", "test"), g, loc
+
+
+def test_sample_statistics_are_numpys_on_the_per_sample_r(digits_models):
+    train, test, g, loc = digits_models
+    ref = _Stub([(0.7, loc), (0.3, g)])
+    res = compare_models({"g": g, "loc": loc, "net": ref}, ["net"], train[:50], test[:50], [0.5], n_samples=24,
+                         steps=4, progress=False)
+    finals = res["_finals"]
+    for name in ("g", "loc"):
+        c = res["samples"]["correlation"]["net"][name]
+        # the per-sample r recomputed independently (numpy's corrcoef per pair of images)
+        a, b = finals[name].reshape(24, -1).numpy(), finals["net"].reshape(24, -1).numpy()
+        r = np.array([np.corrcoef(a[i], b[i])[0, 1] for i in range(24)])
+        assert np.allclose(c["r"], r, atol=1e-10)
+        assert c["median"] == pytest.approx(np.median(r), abs=1e-12)
+        assert c["q25"] == pytest.approx(np.percentile(r, 25), abs=1e-12)
+        assert c["q75"] == pytest.approx(np.percentile(r, 75), abs=1e-12)
+        assert c["mean"] == pytest.approx(r.mean(), abs=1e-12)
+        assert c["q25"] < c["median"] < c["q75"] < 1.0  # real spread, not a degenerate constant
+
+
+def test_a_copy_of_the_reference_scores_one_everywhere(digits_models):
+    train, test, g, loc = digits_models
+    res = compare_models({"g": g, "copy": _Stub([(1.0, loc)], kind="machine"), "net": _Stub([(1.0, loc)])}, ["net"],
+                         train[:40], test[:40], [0.1, 1.0], n_samples=8, steps=3, progress=False)
+    c = res["samples"]["correlation"]["net"]["copy"]
+    assert c["median"] == pytest.approx(1.0, abs=1e-12) and c["q25"] == pytest.approx(1.0, abs=1e-12)
+    assert res["r2"]["net"]["copy"]["denoiser"] == [1.0, 1.0]
+    assert res["best_match"]["net"]["by_samples"]["model"] == "copy"
+    assert res["best_match"]["net"]["by_denoiser_r2"] == {"model": "copy", "mean_r2": 1.0}
+
+
+def test_best_match_is_the_closest_machine_never_a_network(digits_models):
+    train, test, g, loc = digits_models
+    from wavescore.baselines import EmpiricalDenoiser
+
+    emp = EmpiricalDenoiser(train)
+    emp.kind_ = "empirical"
+    ref = _Stub([(1.0, loc)])  # a "network" that is the local machine exactly
+    twin = _Stub([(1.0, loc)])  # another network, identical to the reference: not a candidate
+    models = {"g": g, "loc": loc, "empirical": emp, "twin": twin, "net": ref}
+    res = compare_models(models, ["net"], train[:60], test[:60], [0.1, 0.5, 2.0], n_samples=12, steps=4,
+                         progress=False)
+    assert res["kinds"] == {"g": "machine", "loc": "machine", "empirical": "empirical", "twin": "network",
+                            "net": "network"}
+    best = res["best_match"]["net"]
+    assert best["candidates"] == ["g", "loc", "empirical"]
+    assert res["r2"]["net"]["twin"]["denoiser"] == [1.0, 1.0, 1.0]  # it would have won, were it a candidate
+    assert best["by_denoiser_r2"] == {"model": "loc", "mean_r2": 1.0}
+    assert best["by_samples"]["model"] == "loc" and best["by_samples"]["median_r"] == pytest.approx(1.0, abs=1e-12)
+    corr = res["samples"]["correlation"]["net"]
+    assert corr["g"]["median"] < 0.99 and corr["empirical"]["median"] < 0.99  # the others are clearly worse
+    assert max(np.mean(res["r2"]["net"][n]["denoiser"]) for n in ("g", "empirical")) < 0.99
+    md = matrix_markdown(res)
+    assert "| model | net |" in md and "best match for net: by median final-sample r: loc" in md
+    # rows: machines, then the empirical optimum, then networks; the reference's own cell says so
+    rows = [line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ") and "model" not in line]
+    assert rows[:5] == ["g", "loc", "empirical", "twin", "net"]
+    assert "| net | ref |" in md
+
+
+def test_a_reference_that_is_not_a_model_is_refused(digits_models):
+    train, test, g, _ = digits_models
+    with pytest.raises(WavescoreError, match="'unet' are not among the models"):
+        compare_models({"g": g}, ["unet"], train[:10], test[:10], [0.5], progress=False)
+
+
+def test_samples_grid_rows_are_labelled_in_kind_order(monkeypatch, tmp_path):
+    import wavescore.plots as plots
+
+    seen = {}
+
+    def capture(fig, path, dpi=110):
+        seen["labels"] = [ax.get_ylabel() for ax in fig.axes]
+        plots.pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", capture)
+    finals = {n: torch.zeros(3, 1, 4, 4) for n in ("unet", "els", "local", "gauss")}
+    plot_samples(finals, {"unet": "network", "els": "els", "local": "machine", "gauss": "machine"}, tmp_path / "s.png")
+    assert seen["labels"] == ["local", "gauss", "els", "unet"]
+
+
+def test_two_models_given_one_name_are_told_apart_or_refused(monkeypatch):
+    import wavescore.models as models
+    from wavescore.cli import _load_models
+
+    names = {"p.wsm": "m", "q.wsm": "m", "r.wsm": "m [q.wsm]", "s.wsm": "other"}
+    monkeypatch.setattr(models, "load_model", lambda spec, data=None, limit=None: (names[spec], object()))
+    # the same name twice: each keeps its spec in its name, in the order given
+    assert list(_load_models(["p.wsm", "q.wsm", "s.wsm"], None)) == ["m [p.wsm]", "m [q.wsm]", "other"]
+    # a model literally named like another's disambiguated name would replace it: refused
+    with pytest.raises(WavescoreError, match=r"models 'q.wsm' and 'r.wsm' both end up named 'm \[q.wsm\]'"):
+        _load_models(["p.wsm", "q.wsm", "r.wsm"], None)
+
+
+def test_cli_writes_the_matrix_heatmap_and_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from wavescore.cli import main
+
+    wsm = tmp_path / "g.wsm"
+    assert main(["fit", "--data", "digits", "--family", "gaussian", "-o", str(wsm)]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", str(wsm), "empirical", "--data", "digits", "-n", "30", "--sigmas", "0.2,1",
+                 "--samples", "6", "--steps", "3", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "compare.json").read_text())
+    (machine,) = [n for n, k in res["kinds"].items() if k == "machine"]
+    assert res["references"] == ["empirical"] and res["kinds"]["empirical"] == "empirical"
+    c = res["samples"]["correlation"]["empirical"][machine]
+    assert len(c["r"]) == 6 and c["median"] == pytest.approx(float(np.median(c["r"])))
+    assert res["best_match"]["empirical"]["by_samples"] == {"model": machine, "median_r": c["median"]}
+    assert res["best_match"]["empirical"]["by_denoiser_r2"]["model"] == machine
+    assert res["outputs"] == {"matrix_md": "matrix.md", "matrix_png": "matrix.png", "r2_denoiser": "r2_denoiser.png",
+                              "r2_score": "r2_score.png", "samples": "samples.png"}
+    md = (out / "matrix.md").read_text()
+    assert f"| {machine} | {c['median']:.3f} [{c['q25']:.3f}, {c['q75']:.3f}] |" in md
+    assert f"best match for empirical: by median final-sample r: {machine}" in printed
+    for name in ("matrix.png", "samples.png", "r2_denoiser.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.width > 200
+    # without samples: no grid, the heatmap shows R² and the JSON no sample keys
+    out2 = tmp_path / "cmp2"
+    assert main(["compare", "--models", str(wsm), "empirical", "--data", "digits", "-n", "30", "--sigmas", "0.5",
+                 "-o", str(out2)]) == 0
+    res2 = json.loads((out2 / "compare.json").read_text())
+    assert "samples" not in res2 and "samples" not in res2["outputs"] and not (out2 / "samples.png").exists()
+    assert res2["best_match"]["empirical"]["by_samples"] is None

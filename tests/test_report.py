@@ -43,8 +43,18 @@ def test_report_files_and_numbers(report_dir):
     for res in rep["shapley"].values():
         assert len(res["coalitions"]) == 2 ** len(res["groups"])
     html = (report_dir / "index.html").read_text()
-    # mse, subbands, two Shapley, schedule, shrinkage, filters, samples, join weights: all embedded
-    assert html.count("data:image/png;base64,") == 9
+    # mse, subbands, two Shapley, schedule, shrinkage, filters, samples, mimicry samples, join weights: all embedded
+    assert html.count("data:image/png;base64,") == 10
+    # mimicry against the network, through compare_models: every machine a row, the best match a machine
+    mim = rep["mimicry"]
+    net = "network:local-r0-P1-shared"
+    assert mim["references"] == [net] and mim["kinds"][net] == "network"
+    assert set(mim["r2"][net]) == set(rep["evaluation"]["models"])
+    assert mim["best_match"][net]["by_denoiser_r2"]["model"] in rep["evaluation"]["models"]
+    assert all(-1 <= c["q25"] <= c["median"] <= c["q75"] <= 1 for c in mim["samples"]["correlation"][net].values())
+    assert "Mimicry" in html and f"best match for {net}" in html
+    for name in ("mimicry_compare.json", "mimicry_matrix.md", "mimicry_matrix.png", "mimicry_samples.png"):
+        assert (report_dir / name).exists()
     assert len(rep["schedule"]["choice"]) == len(rep["sigmas"])
     # agreement with a reference that is one of the candidates picks that candidate
     assert rep["schedule_network"]["choice"] == ["local-r0-P1-shared"] * 2

@@ -141,7 +141,15 @@ def _load_models(specs, data, *, limit=None) -> dict:
         keys[key] = spec
     loaded = [(spec, *load_model(spec, data=data, limit=limit)) for spec in specs]
     names = [name for _, name, _ in loaded]
-    return {(f"{name} [{spec}]" if names.count(name) > 1 else name): model for spec, name, model in loaded}
+    models, source = {}, {}
+    for spec, name, model in loaded:
+        key = f"{name} [{spec}]" if names.count(name) > 1 else name
+        # a model literally named like another's disambiguated name would replace it in the dict
+        if key in models:
+            raise WavescoreError(f"models {source[key]!r} and {spec!r} both end up named {key!r}: rename or "
+                                 "refit one of them so that their names differ")
+        models[key], source[key] = model, spec
+    return models
 
 
 # ----------------------------------------------------------------------------- data
@@ -527,8 +535,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- compare
 def _cmd_compare(args: argparse.Namespace) -> None:
     from . import datasets
-    from ._io import write_json
-    from .compare import compare_models, plot_r2
+    from .compare import compare_models, matrix_markdown, write_outputs
     from .evaluation import parse_sigmas
     from .models import REFERENCE_KINDS
 
@@ -548,23 +555,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     result = compare_models(models, refs, train, test, sigmas, seed=args.seed, n_samples=args.samples,
                             steps=args.steps)
     finals = result.pop("_finals", None)
-    result.update(data=str(args.data), command=" ".join(sys.argv))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", result)
-    plot_r2(result, out / "r2_denoiser.png", "denoiser")
-    plot_r2(result, out / "r2_score.png", "score")
-    if finals:
-        from .plots import save_image_grid
-        import torch
-
-        k = min(8, args.samples)
-        save_image_grid(torch.cat([f[:k] for f in finals.values()]), out / "samples.png", ncol=k)
-    for ref, rows in result["r2"].items():
-        print(f"R² of the denoiser output against {ref}:")
-        print(f"{'model':28s} " + " ".join(f"{s:>7g}" for s in sigmas))
-        for name, v in rows.items():
-            print(f"{name:28s} " + " ".join(f"{x:7.3f}" for x in v["denoiser"]))
-    print(f"wrote {out}/compare.json and plots")
+    result.update(data=str(args.data), split=args.split, specs=list(args.models), command=" ".join(sys.argv))
+    paths = write_outputs(result, finals, out)
+    print(matrix_markdown(result), end="")
+    print(f"wrote {paths['json']}, {paths['matrix_md'].name} and the figures beside it")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -576,8 +570,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigmas", default="0.02,0.05,0.1,0.2,0.5,1,2,5")
     p.add_argument("-n", type=_whole(1), default=1000, help="images per split (default 1000)")
     p.add_argument("--train-limit", type=_whole(1), default=None, help="training images for empirical/els (default all)")
-    p.add_argument("--samples", type=_whole(0), default=0, help="also sample this many from shared initial noise")
-    p.add_argument("--steps", type=_whole(1), default=18)
+    p.add_argument("--samples", type=_whole(0), default=0,
+                   help="also sample this many from shared initial noise and correlate the finals with each "
+                        "reference's (the protocol: 200 or more, with --steps 18; default 0, none)")
+    p.add_argument("--steps", type=_whole(1), default=18, help="Heun steps per sample (default 18)")
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("-o", "--output", default="compare", help="output folder")
     p.set_defaults(func=_cmd_compare)
@@ -666,7 +662,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", default="mnist")
         p.add_argument("--n-test", type=_whole(1), default=2000, help="held-out images to evaluate on")
         p.add_argument("--n-train", type=_whole(1), default=None, help="training images (default all)")
-        p.add_argument("--network", default=None, help="a trained network (.pt) to also schedule locality against")
+        p.add_argument("--network", default=None,
+                       help="a trained network (.pt) to also schedule locality against and to measure each "
+                            "machine's mimicry of (wavescore compare's matrix and samples grid)")
         p.add_argument("-o", "--output", default="report")
         p.set_defaults(func=_cmd_report)
 

@@ -13,12 +13,23 @@ end of the sigma range: the denoiser's at small sigma (D ~ x for everyone), the 
 large sigma (score ~ -(x - mean)/s^2 for everyone); reading both avoids a flattering number.
 
 Final samples (the ELS protocol of Kamb & Ganguli): the same initial noise through the same
-sampler with each model; the per-sample Pearson correlation with the reference's sample.
+sampler with each model; the per-sample Pearson correlation r with the reference's sample,
+summarised per (model, reference) pair by its mean, median and interquartile range. The
+protocol is >= 200 samples and 18 Heun steps (``wavescore compare --samples 200``): with a few
+samples the median of r moves by more than the gaps between machines.
+
+The machine x network matrix: rows are models, columns references; each reference's best
+matching machine is named by median final-sample r (when samples were drawn) and by mean
+denoiser R^2 over sigmas. Candidates are the models that are not references and not networks
+(``kind_``), so a network's best match is a machine (or ELS / empirical), never a network.
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .evaluation import noise_for
@@ -41,14 +52,84 @@ def _outputs(model, x: torch.Tensor, sigmas: Sequence[float], seed: int, batch: 
     return outs
 
 
+# Rows of the samples grid and of the matrix: machines first, then the memorising / local
+# baselines, then networks (the things being explained come last, beside their explainers).
+KIND_ORDER = {"machine": 0, "empirical": 1, "els": 1, "network": 2}
+
+
+def model_kind(model) -> str:
+    """``kind_`` as ``models.load_model`` sets it; an object without one (a machine built in
+    Python, a stub) counts as a machine."""
+    return str(getattr(model, "kind_", "machine"))
+
+
+def sample_correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample Pearson r between two batches of images (n, ...) -> (n,); a constant image
+    has r = 0 (the norm is clamped) rather than NaN."""
+    a, b = a.reshape(len(a), -1).double(), b.reshape(len(b), -1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def summarize_r(r) -> dict:
+    """Mean, mean of r^2, median and quartiles (numpy's linear interpolation) of per-sample r,
+    plus the values themselves so any other statistic can be read from the JSON later."""
+    v = np.asarray(torch.as_tensor(r, dtype=torch.float64).cpu(), dtype=np.float64)
+    q25, med, q75 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+    return {"mean": float(v.mean()), "mean_squared": float((v**2).mean()), "median": med, "q25": q25, "q75": q75,
+            "r": [float(x) for x in v]}
+
+
+def _finite_mean(values) -> float:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def best_matches(result: dict) -> dict:
+    """Per reference, the candidate (not a reference, not a network) with the highest median
+    final-sample r and the one with the highest mean denoiser R^2 over sigmas; None where no
+    candidate has a finite value."""
+    refs, kinds = result["references"], result["kinds"]
+    candidates = [n for n in kinds if n not in refs and kinds[n] != "network"]
+    out = {}
+    for ref in refs:
+        entry = {"candidates": candidates, "by_samples": None, "by_denoiser_r2": None}
+        r2s = {n: _finite_mean(result["r2"][ref][n]["denoiser"]) for n in candidates if n in result["r2"][ref]}
+        r2s = {n: v for n, v in r2s.items() if math.isfinite(v)}
+        if r2s:
+            best = max(r2s, key=r2s.get)
+            entry["by_denoiser_r2"] = {"model": best, "mean_r2": r2s[best]}
+        corr = result.get("samples", {}).get("correlation", {}).get(ref, {})
+        meds = {n: corr[n]["median"] for n in candidates if n in corr and math.isfinite(corr[n]["median"])}
+        if meds:
+            best = max(meds, key=meds.get)
+            entry["by_samples"] = {"model": best, "median_r": meds[best]}
+        out[ref] = entry
+    return out
+
+
 def compare_models(models: Mapping[str, object], references: Sequence[str], train: torch.Tensor, test: torch.Tensor,
                    sigmas: Sequence[float], *, seed: int = 0, n_samples: int = 0, steps: int = 18,
-                   sampler: str = "heun", progress: bool = True) -> dict:
-    """The whole comparison as a JSON-ready dict (see the module docstring)."""
-    from ._io import progress_bar
+                   sampler: str = "heun", kinds: Mapping[str, str] | None = None, progress: bool = True) -> dict:
+    """The whole comparison as a JSON-ready dict (see the module docstring), plus ``_finals``
+    (name -> final samples, not JSON) when ``n_samples`` > 0. ``kinds`` (name -> kind)
+    overrides ``model_kind`` for the models it names, e.g. a machine standing in for a network.
 
+    Keys: sigmas, seed, n_train, n_test, references, kinds (name -> machine / network /
+    empirical / els), models (name -> mse_train, mse_test per sigma), r2 (reference -> model ->
+    denoiser, score per sigma), best_match (see ``best_matches``), and with samples: samples
+    (n, steps, sampler, diverged: name -> reason, correlation: reference -> model -> mean,
+    mean_squared, median, q25, q75, r)."""
+    from ._io import WavescoreError, progress_bar
+
+    missing = [r for r in references if r not in models]
+    if missing:
+        raise WavescoreError(f"references {', '.join(map(repr, missing))} are not among the models "
+                             f"({', '.join(models)}); name references by their model names")
     sigmas = [float(s) for s in sigmas]
-    result = {"sigmas": sigmas, "seed": seed, "n_train": len(train), "n_test": len(test), "models": {}, "r2": {}}
+    kinds = {name: (kinds or {}).get(name) or model_kind(m) for name, m in models.items()}
+    result = {"sigmas": sigmas, "seed": seed, "n_train": len(train), "n_test": len(test),
+              "references": list(references), "kinds": kinds, "models": {}, "r2": {}}
     test_out = {}
     for name, model in progress_bar(models.items(), desc="models", enabled=progress, leave=False):
         tr = _outputs(model, train, sigmas, seed + 1)
@@ -74,25 +155,167 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
 
         shape = tuple(test.shape[1:])
         noise = torch.randn((n_samples, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        finals = {name: sample(m, n_samples, steps=steps, sampler=sampler, shape=shape, noise=noise)
-                  for name, m in progress_bar(models.items(), desc="sampling", enabled=progress, leave=False)}
-        result["samples"] = {"n": n_samples, "steps": steps, "sampler": sampler, "correlation": {}}
+        finals, diverged = {}, {}
+        for name, m in progress_bar(models.items(), desc="sampling", enabled=progress, leave=False):
+            # A polynomial score can push a trajectory to infinity (a machine refuses non-finite
+            # input, a network returns NaN): that model is reported as diverged, the rest go on.
+            try:
+                x = sample(m, n_samples, steps=steps, sampler=sampler, shape=shape, noise=noise).double().cpu()
+            except WavescoreError as exc:
+                diverged[name] = str(exc)
+                continue
+            if not torch.isfinite(x).all():
+                diverged[name] = "non-finite final samples"
+                continue
+            finals[name] = x
+        result["samples"] = {"n": n_samples, "steps": steps, "sampler": sampler, "diverged": diverged,
+                             "correlation": {}}
         for ref in references:
             result["samples"]["correlation"][ref] = {}
-            for name in models:
-                if name == ref:
-                    continue
-                a = finals[name].reshape(n_samples, -1)
-                b = finals[ref].reshape(n_samples, -1)
-                a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-                corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
-                result["samples"]["correlation"][ref][name] = {"mean": float(corr.mean()),
-                                                              "mean_squared": float((corr**2).mean())}
+            if ref not in finals:
+                continue
+            for name in finals:
+                if name != ref:
+                    result["samples"]["correlation"][ref][name] = summarize_r(sample_correlations(finals[name],
+                                                                                                  finals[ref]))
         result["_finals"] = finals
+    result["best_match"] = best_matches(result)
     return result
 
 
-def plot_r2(result: dict, path, kind: str = "denoiser") -> None:
+def ordered_names(kinds: Mapping[str, str]) -> list[str]:
+    """Model names machines first, then empirical / ELS, then networks (stable within a kind)."""
+    return sorted(kinds, key=lambda n: KIND_ORDER.get(kinds[n], 1))
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "nan" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def matrix_tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The matrix as (title, header, rows of cells): median final-sample r [q25, q75] per model
+    and reference (when samples were drawn), then per reference the denoiser R^2 per sigma and
+    its mean. A reference's own cell is "ref"; a diverged model's is "diverged"."""
+    refs, names = result["references"], ordered_names(result["kinds"])
+    tables = []
+    smp = result.get("samples")
+    if smp:
+        rows = []
+        for name in names:
+            cells = [name]
+            for ref in refs:
+                c = smp["correlation"].get(ref, {}).get(name)
+                cells.append("ref" if name == ref else "diverged" if name in smp["diverged"] or ref in smp["diverged"]
+                             else "" if c is None else f"{_fmt(c['median'])} [{_fmt(c['q25'])}, {_fmt(c['q75'])}]")
+            rows.append(cells)
+        tables.append((f"Final samples: median Pearson r [q25, q75] with the reference's sample ({smp['n']} samples "
+                       f"from shared noise, {smp['steps']} {smp['sampler']} steps)", ["model", *refs], rows))
+    sig = result["sigmas"]
+    for ref in refs:
+        rows = []
+        for name in names:
+            v = result["r2"][ref].get(name)
+            rows.append([name, *(["ref"] * (len(sig) + 1) if v is None else
+                                 [_fmt(x) for x in v["denoiser"]] + [_fmt(_finite_mean(v["denoiser"]))])])
+        tables.append((f"Denoiser R² against {ref} per sigma", ["model", *(f"σ={s:g}" for s in sig), "mean"], rows))
+    return tables
+
+
+def _best_lines(result: dict) -> list[str]:
+    lines = []
+    for ref, b in result["best_match"].items():
+        by_s, by_r = b["by_samples"], b["by_denoiser_r2"]
+        parts = []
+        if by_s:
+            parts.append(f"by median final-sample r: {by_s['model']} ({_fmt(by_s['median_r'])})")
+        if by_r:
+            parts.append(f"by mean denoiser R²: {by_r['model']} ({_fmt(by_r['mean_r2'])})")
+        lines.append(f"best match for {ref}: " + ("; ".join(parts) if parts else "no candidate (every model is a "
+                                                                                 "reference or a network)"))
+    return lines
+
+
+def matrix_markdown(result: dict) -> str:
+    """``matrix_tables`` and the best matches as markdown."""
+    out = []
+    for title, head, rows in matrix_tables(result):
+        out += [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out.append("")
+    out += [f"- {line}" for line in _best_lines(result)]
+    return "\n".join(out) + "\n"
+
+
+def matrix_html(result: dict) -> str:
+    """``matrix_tables`` and the best matches as HTML (the report's mimicry section)."""
+    import html
+
+    out = []
+    for title, head, rows in matrix_tables(result):
+        out.append(f"<h3>{html.escape(title)}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                   + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                       for r in rows) + "</table>")
+    out.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _best_lines(result)) + "</ul>")
+    return "".join(out)
+
+
+def plot_matrix(result: dict, path) -> Path:
+    """Heatmap, rows models x columns references: median final-sample r when samples were
+    drawn, else mean denoiser R^2 over sigmas (the title says which); NaN cells (a reference's
+    own, a diverged model's) blank."""
+    from .plots import heatmap
+
+    refs, names = result["references"], ordered_names(result["kinds"])
+    smp = result.get("samples")
+    m = np.full((len(names), len(refs)), np.nan)
+    for j, ref in enumerate(refs):
+        for i, name in enumerate(names):
+            if smp:
+                c = smp["correlation"].get(ref, {}).get(name)
+                m[i, j] = np.nan if c is None else c["median"]
+            else:
+                v = result["r2"][ref].get(name)
+                m[i, j] = np.nan if v is None else _finite_mean(v["denoiser"])
+    title = (f"median final-sample r ({smp['n']} samples)" if smp else "mean denoiser R² over σ")
+    return heatmap(m, names, refs, path, title=title, vmin=-1.0 if smp else None, vmax=1.0)
+
+
+def plot_samples(finals: Mapping[str, torch.Tensor], kinds: Mapping[str, str], path, k: int = 8) -> Path:
+    """The side-by-side grid: a row per model (machines, ELS / empirical, networks), labelled
+    with its name; columns share their initial noise."""
+    from .plots import labelled_rows
+
+    names = [n for n in ordered_names(kinds) if n in finals]
+    return labelled_rows({n: finals[n][:k] for n in names}, path,
+                         title="final samples; each column starts from the same noise")
+
+
+def write_outputs(result: dict, finals, out, prefix: str = "") -> dict:
+    """Write into ``out``, atomically, each name led by ``prefix``: compare.json (configuration
+    and metrics, naming the files beside it), matrix.md (``matrix_markdown``), matrix.png
+    (``plot_matrix``), r2_denoiser.png and r2_score.png, and with samples samples.png
+    (``plot_samples``). Returns {what: path}."""
+    from ._io import write_bytes_atomic, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": "compare.json", "matrix_md": "matrix.md", "matrix_png": "matrix.png",
+             "r2_denoiser": "r2_denoiser.png", "r2_score": "r2_score.png"}
+    if finals:
+        files["samples"] = "samples.png"
+    paths = {k: out / f"{prefix}{v}" for k, v in files.items()}
+    # the metrics first: a figure that fails to draw must not cost the numbers
+    write_json(paths["json"], dict(result, outputs={k: p.name for k, p in paths.items() if k != "json"}))
+    write_bytes_atomic(paths["matrix_md"], matrix_markdown(result).encode())
+    plot_matrix(result, paths["matrix_png"])
+    plot_r2(result, paths["r2_denoiser"], "denoiser")
+    plot_r2(result, paths["r2_score"], "score")
+    if finals:
+        plot_samples(finals, result["kinds"], paths["samples"])
+    return paths
+
+
+def plot_r2(result: dict, path, kind: str = "denoiser") -> Path:
     """R^2 against sigma: a line per model, a panel per reference."""
     from .plots import pyplot, save_figure
 
@@ -105,4 +328,4 @@ def plot_r2(result: dict, path, kind: str = "denoiser") -> None:
         ax.set(title=f"R² of {kind} vs {ref}", xlabel="σ", ylabel="R²", ylim=(-0.2, 1.02))
         ax.axhline(0, color="k", lw=0.6)
         ax.legend(fontsize=7)
-    save_figure(fig, path)
+    return save_figure(fig, path)

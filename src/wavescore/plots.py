@@ -81,3 +81,48 @@ def plot_mse_curves(result: dict, path, title: str = "denoising error", referenc
     axes[1].axhline(1, color="k", lw=0.8)
     axes[0].legend(fontsize=6, ncol=2)
     return save_figure(fig, path)
+
+
+def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9) -> Path:
+    """One row of images per entry of ``rows`` (name -> (k, C, H, W) in [-1, 1]), the name
+    written left of its row, so a grid of several models can be read without a legend."""
+    plt = pyplot()
+    if not rows:
+        raise WavescoreError("labelled_rows needs at least one row of images")
+    k = max(len(x) for x in rows.values())
+    width = max(len(n) for n in rows)
+    fig, axes = plt.subplots(len(rows), 1, squeeze=False,
+                             figsize=(scale * k + 0.09 * width + 0.4, scale * len(rows) + (0.4 if title else 0.1)))
+    for ax, (name, x) in zip(axes[:, 0], rows.items()):
+        img = image_grid(x, ncol=k)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def heatmap(values, row_labels, col_labels, path, title: str = "", vmin=None, vmax=None, fmt: str = ".2f") -> Path:
+    """A labelled matrix with each cell's value written in it; NaN cells left blank."""
+    plt = pyplot()
+    m = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(1.2 * len(col_labels) + 0.07 * max(map(len, row_labels), default=1) + 2,
+                                    0.35 * len(row_labels) + 1.4))
+    im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(col_labels)), list(col_labels), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(row_labels)), list(row_labels), fontsize=8)
+    lo, hi = im.get_clim()
+    blank = np.ma.getmaskarray(m)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if not blank[i, j]:
+                v = float(m[i, j])
+                light = (v - lo) / (hi - lo) > 0.6 if hi > lo else False  # dark text on the light end of viridis
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7, color="k" if light else "w")
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

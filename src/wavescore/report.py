@@ -40,7 +40,9 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
                n_samples: int = 32, steps: int = 18, sigmas=SIGMAS, configs=None, network=None,
                progress: bool = True) -> dict:
     """``network``: an optional trained denoiser (checkpoint path or model) to schedule the
-    locality against by agreement, beside the schedule chosen by held-out error."""
+    locality against by agreement, beside the schedule chosen by held-out error, and to measure
+    each machine's mimicry of (``compare.compare_models``: report["mimicry"], the mimicry_*
+    files, a section with the matrix and the labelled samples grid)."""
     from ._io import progress_bar
 
     from . import analysis
@@ -64,7 +66,7 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     report["n_train"] = len(train)
     report["timings"]["load"] = time.perf_counter() - t_start
 
-    stages = progress_bar(total=6, desc="report", enabled=progress)
+    stages = progress_bar(total=6 + (network is not None), desc="report", enabled=progress)
 
     def stage_done():
         stages.update()
@@ -119,6 +121,8 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
     report["schedule"] = sched
     extra = {}
     if network is not None:
+        label = Path(network).stem if isinstance(network, (str, Path)) else getattr(network, "name", None)
+        net_name = f"network:{label}" if isinstance(label, str) and label else "network"
         if isinstance(network, (str, Path)):
             from .networks import load_network
 
@@ -164,6 +168,21 @@ def run_report(data: str = "mnist", out="report", *, n_test: int = 2000, n_train
         analysis.plot_join_weights(joined[0].choice_, out / "join_weights.png")
     report["timings"]["sample"] = time.perf_counter() - t0
     stage_done()
+
+    if network is not None:
+        # Mimicry (`wavescore compare`): how closely each machine reproduces the network, per
+        # sigma and in its final samples from shared noise. Kept small: 500 images per split,
+        # the report's samples (the median r wants 200 or more; `wavescore compare --samples 200`).
+        from .compare import compare_models, write_outputs
+
+        t0 = time.perf_counter()
+        mim = compare_models({**machines, net_name: network}, [net_name], train[:500], test[:500], sigmas,
+                             n_samples=n_samples, steps=steps, kinds={net_name: "network"}, progress=progress)
+        finals = mim.pop("_finals", None)
+        write_outputs(mim, finals, out, prefix="mimicry_")
+        report["mimicry"] = mim
+        report["timings"]["mimicry"] = time.perf_counter() - t0
+        stage_done()
     stages.close()
 
     report["timings"]["total"] = time.perf_counter() - t_start
@@ -224,6 +243,16 @@ def render_html(report: dict, out: Path) -> str:
               "<p>" + ", ".join(html.escape(r) for r in report["samples"]["rows"])
               + "".join(f"; <b>{html.escape(n)} diverged</b>" for n in report["samples"]["diverged"]) + "</p>",
               _img(out / "samples.png", "samples")]
+    if "mimicry" in report:
+        from .compare import matrix_html
+
+        mim = report["mimicry"]
+        parts += ["<h2>Mimicry: how closely each machine reproduces the network</h2>",
+                  f"<p>Denoiser R² on {mim['n_test']} held-out images per σ, and the per-sample Pearson r of final "
+                  "samples drawn from the same noise (the median is steady only from about 200 samples: "
+                  "<code>wavescore compare --samples 200</code>).</p>", matrix_html(mim)]
+        if (out / "mimicry_samples.png").exists():
+            parts.append(_img(out / "mimicry_samples.png", "mimicry samples"))
     for name, lev in report.get("cascade_levels", {}).items():
         head = "<tr><th>level</th>" + "".join(f"<th>σ={x:g}</th>" for x in lev["sigmas"]) + "</tr>"
         rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{e / x**2:.3f}</td>" for e, x in
