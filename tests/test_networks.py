@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from wavescore import WavescoreError, load_dataset
-from wavescore.networks import EDMDenoiser, SmallCNN, SmallUNet, load_network, train
+from wavescore.cli import main
+from wavescore.networks import EDMDenoiser, SmallCNN, SmallTransformer, SmallUNet, load_network, train
 
 TINY_CNN = {"width": 8, "depth": 3}
 TINY_UNET = {"base": 8, "mults": (1, 2)}
+TINY_TF = {"dim": 16, "depth": 2, "heads": 2, "patch": 2}  # 8x8 digits: 16 tokens
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,118 @@ def test_cnn_is_local():
     cnn(x, torch.zeros(1))[0, 0, 8, 8].backward()
     nz = torch.nonzero(x.grad[0, 0])
     assert nz[:, 0].min() >= 5 and nz[:, 0].max() <= 11 and nz[:, 1].min() >= 5 and nz[:, 1].max() <= 11
+
+
+# ------------------------------------------------------------------ transformer
+def _randomise(module, names, seed=0):
+    """Give the zero-initialised (adaLN-Zero) layers named ``names`` random weights."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(name.startswith(n) for n in names):
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+
+
+def test_transformer_shapes_and_preconditioning():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 8, 12, dtype=torch.float64)
+    sigma = torch.tensor([0.02, 0.7, 30.0], dtype=torch.float64)
+    net = SmallTransformer(channels=2, dim=16, depth=2, heads=2, patch=4)
+    model = EDMDenoiser(net)
+    sd = 0.5
+    c_skip = (sd**2 / (sigma**2 + sd**2)).reshape(-1, 1, 1, 1)
+    # adaLN-Zero: a fresh network outputs zero, so the denoiser starts as c_skip x.
+    assert torch.allclose(model(x, sigma), c_skip * x, rtol=1e-6, atol=1e-6)
+    _randomise(net, ["blocks", "ada_out", "out"])
+    out = net(x.float(), torch.log(sigma.float()) / 4)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, net(x.float(), torch.zeros(3)))  # sigma reaches the output
+    c_out = (sigma * sd / (sigma**2 + sd**2).sqrt()).reshape(-1, 1, 1, 1)
+    c_in = (1 / (sigma**2 + sd**2).sqrt()).reshape(-1, 1, 1, 1)
+    expected = c_skip * x + c_out * net((c_in * x).float(), (sigma.log() / 4).float()).double()
+    assert torch.allclose(model(x, sigma), expected, rtol=1e-5, atol=1e-5)
+    assert 1.0e6 < sum(p.numel() for p in SmallTransformer().parameters()) < 1.5e6
+
+
+def test_transformer_unpatchify_inverts_patchify():
+    """With the attention and MLP branches shut (zero gates, as initialised) every token is
+    mapped on its own: an output pixel must depend exactly on the inputs of its own patch, which
+    holds only if unpatchify puts each token back where patchify took it from."""
+    net = SmallTransformer(channels=2, dim=8, depth=1, heads=2, patch=2)
+    _randomise(net, ["out", "ada_out"])
+    x = torch.randn(1, 2, 6, 4, requires_grad=True)
+    for c, i, j in [(0, 0, 0), (1, 3, 2), (0, 5, 3), (1, 2, 1)]:
+        x.grad = None
+        net(x, torch.zeros(1))[0, c, i, j].backward()
+        nz = {tuple(v) for v in torch.nonzero(x.grad[0].abs().sum(0)).tolist()}
+        pi, pj = i // 2 * 2, j // 2 * 2
+        assert nz == {(pi, pj), (pi, pj + 1), (pi + 1, pj), (pi + 1, pj + 1)}, (c, i, j)
+
+
+def test_transformer_refuses_indivisible_size():
+    net = SmallTransformer(dim=8, depth=1, heads=2, patch=4)
+    with pytest.raises(WavescoreError, match=r"patch 4 needs H and W divisible by 4, got \(8, 6\).*pad the images"):
+        net(torch.randn(1, 1, 8, 6), torch.zeros(1))
+    with pytest.raises(WavescoreError, match="divisible by heads"):
+        SmallTransformer(dim=12, heads=8)
+
+
+# ------------------------------------------------------------------ CLI train
+def _cli(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err
+    return rc, [line for line in err.splitlines() if line.strip() and "it/s" not in line and "s/it" not in line]
+
+
+def test_cli_trains_a_transformer(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from wavescore.networks import save_safetensors
+
+    out = tmp_path / "tf.pt"
+    rc, _ = _cli(["train", "--arch", "transformer", "--data", "digits", "--limit", "32", "--epochs", "1",
+                  "--batch-size", "16", "--width", "16", "--depth", "1", "--heads", "2", "--patch", "2",
+                  "-o", str(out)], capsys)
+    assert rc == 0
+    model = load_network(out)
+    assert model.config_["arch"] == "transformer" and isinstance(model.net, SmallTransformer)
+    assert model.config_["arch_kwargs"] == {"dim": 16, "depth": 1, "heads": 2, "patch": 2}
+    # weights only: the safetensors export reads back bit for bit
+    x = load_dataset("digits", limit=4)
+    back = load_network(save_safetensors(model, tmp_path / "tf.safetensors"))
+    assert torch.equal(back.denoise(x, 0.5), model.denoise(x, 0.5))
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--arch", "transformer", "--padding", "circular"], "--padding applies only to --arch cnn, not transformer"),
+    (["--arch", "cnn", "--patch", "2"], "--patch applies only to --arch transformer, not cnn"),
+    (["--arch", "unet", "--heads", "2"], "--heads applies only to --arch transformer, not unet"),
+    (["--arch", "unet", "--depth", "2"], "--depth applies only to --arch cnn or transformer, not unet"),
+    (["--arch", "transformer", "--patch", "3"], "divisible by 3"),
+])
+def test_cli_refuses_options_of_other_architectures(tmp_path, capsys, args, match):
+    out = tmp_path / "n.pt"
+    rc, lines = _cli(["train", "--data", "digits", "--limit", "16", "--epochs", "1", *args, "-o", str(out)], capsys)
+    assert rc == 2 and len(lines) == 1 and match in lines[0], lines
+    assert not out.exists()
+
+
+def test_cli_circular_cnn_is_translation_equivariant(tmp_path, capsys):
+    """--padding circular: D(roll(x)) == roll(D(x)) exactly (a torus has no border); the default
+    zero padding sees the border, so a roll changes more than the position of the output."""
+    common = ["train", "--arch", "cnn", "--data", "digits", "--limit", "32", "--epochs", "1", "--batch-size", "16",
+              "--width", "8", "--depth", "3"]
+    x = torch.randn(4, 1, 8, 8)
+    roll = lambda t: torch.roll(t, shifts=(3, 5), dims=(-2, -1))  # noqa: E731
+    for padding, equivariant in (("circular", True), ("zeros", False)):
+        out = tmp_path / f"{padding}.pt"
+        rc, _ = _cli([*common, "--padding", padding, "-o", str(out)], capsys)
+        assert rc == 0
+        model = load_network(out)
+        assert model.config_["arch_kwargs"] == ({"width": 8, "depth": 3, "padding": "circular"} if equivariant
+                                                else {"width": 8, "depth": 3})  # zeros is the default: left out
+        for sigma in (0.1, 1.0):
+            gap = (model.denoise(roll(x), sigma) - roll(model.denoise(x, sigma))).abs().max().item()
+            assert (gap < 1e-5) if equivariant else (gap > 1e-3), (padding, sigma, gap)
 
 
 class _Zero(nn.Module):
@@ -89,7 +203,7 @@ def test_loss_falls(digits, tmp_path):
     assert model.shape_ == (1, 8, 8)
 
 
-@pytest.mark.parametrize("arch,kw", [("cnn", TINY_CNN), ("unet", TINY_UNET)])
+@pytest.mark.parametrize("arch,kw", [("cnn", TINY_CNN), ("unet", TINY_UNET), ("transformer", TINY_TF)])
 def test_resume_equals_uninterrupted(digits, tmp_path, arch, kw):
     """Train 1 epoch, then ask for 2 on the same path: it continues at epoch 2 and ends bitwise
     equal to an uninterrupted 2-epoch run (model, optimizer and the training RNG are restored)."""
@@ -225,6 +339,10 @@ def test_gpu_checkpoint_loads_on_cpu(tiny_ckpt, tmp_path, monkeypatch):
     ("unet", {"arch_kwargs": {"base": 0}}, "base"), ("unet", {"arch_kwargs": {"base": -8}}, "base"),
     ("unet", {"arch_kwargs": {"mults": (1, -2)}}, "mults"), ("unet", {"arch_kwargs": {"mults": ()}}, "mults"),
     ("unet", {"arch_kwargs": {"base": 8, "mults": (1, 2, 2, 2, 2)}}, "divisible"),
+    ("transformer", {"arch_kwargs": {**TINY_TF, "patch": 3}}, "needs H and W divisible by 3"),
+    ("transformer", {"arch_kwargs": {"dim": 10, "heads": 4}}, "divisible by heads"),
+    ("transformer", {"arch_kwargs": {"patch": 0}}, "patch"),
+    ("transformer", {"arch_kwargs": {"width": 16}}, "unknown transformer option"),
 ])
 def test_train_refuses_bad_arguments_before_touching_out(digits, tmp_path, arch, kwargs, match):
     out = tmp_path / "sub" / "net.pt"

@@ -586,14 +586,24 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     out = _output_file(args.output, _input_paths(args.data), suffixes=(".pt",),
                        also=[Path(args.output).with_name(Path(args.output).stem + ".log.json")])
-    arch_kwargs = {}
+    # Which flag sets which constructor option of each architecture; a flag an architecture has
+    # no use for is refused rather than silently ignored.
+    table = {"cnn": {"width": "width", "depth": "depth", "padding": "padding"},
+             "unet": {"width": "base"},  # the U-Net's depth is fixed by its mults
+             "transformer": {"width": "dim", "depth": "depth", "patch": "patch", "heads": "heads"}}
+    options = table[args.arch]
+    for flag in ("width", "depth", "padding", "patch", "heads"):
+        if getattr(args, flag) is not None and flag not in options:
+            users = " or ".join(a for a, o in table.items() if flag in o)
+            raise WavescoreError(f"--{flag} applies only to --arch {users}, not {args.arch}: drop it")
+    # Only the flags given go into arch_kwargs (the constructor defaults fill the rest), so a
+    # checkpoint trained without a flag resumes without it; but --padding zeros is the default
+    # and stays out too, for the same reason. The CNN's width default is the CLI's own, 64.
+    arch_kwargs = {options[f]: getattr(args, f) for f in options if getattr(args, f) is not None}
     if args.arch == "cnn":
-        arch_kwargs = {"width": 64 if args.width is None else args.width, "depth": args.depth}
-    else:
-        if args.depth is not None:
-            raise WavescoreError("--depth applies only to --arch cnn (the U-Net's depth is fixed): drop it")
-        if args.width is not None:
-            arch_kwargs = {"base": args.width}
+        arch_kwargs.setdefault("width", 64)
+        if arch_kwargs.get("padding") == "zeros":
+            del arch_kwargs["padding"]
     x = datasets.load_dataset(args.data, "train", limit=args.limit)
     t0 = time.perf_counter()
     net = train(args.arch, x, epochs=args.epochs, out=out, batch_size=args.batch_size, lr=args.lr,
@@ -604,15 +614,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a small CNN or U-Net denoiser (EDM preconditioning and loss)")
-    p.add_argument("--arch", choices=["unet", "cnn"], required=True)
+    p = sub.add_parser("train", help="train a small CNN, U-Net or transformer denoiser (EDM preconditioning and loss)")
+    p.add_argument("--arch", choices=["unet", "cnn", "transformer"], required=True)
     p.add_argument("--data", default="mnist")
     p.add_argument("--limit", type=_whole(1), default=None)
     p.add_argument("--epochs", type=_whole(1), default=5)
     p.add_argument("--batch-size", type=_whole(1), default=128)
     p.add_argument("--lr", type=_real(above=0), default=2e-4)
-    p.add_argument("--width", type=_whole(1), default=None, help="CNN width (default 64) / U-Net base channels (default 32)")
-    p.add_argument("--depth", type=_whole(1), default=None, help="CNN depth (default 8; receptive field 1 + 2 depth)")
+    p.add_argument("--width", type=_whole(1), default=None,
+                   help="CNN width (default 64) / U-Net base channels (default 32) / transformer dim (default 128)")
+    p.add_argument("--depth", type=_whole(1), default=None,
+                   help="CNN depth (default 8; receptive field 1 + 2 depth) / transformer blocks (default 4)")
+    p.add_argument("--padding", choices=["zeros", "circular"], default=None,
+                   help="CNN border padding (default zeros); circular makes it exactly translation-equivariant "
+                        "on the torus")
+    p.add_argument("--patch", type=_whole(1), default=None,
+                   help="transformer patch size (default 4: 64 tokens for 32x32); must divide H and W")
+    p.add_argument("--heads", type=_whole(1), default=None, help="transformer attention heads (default 4)")
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--max-minutes", type=_real(above=0), default=None,
                    help="stop after the epoch that passes this budget")

@@ -1,4 +1,5 @@
-"""Trained reference denoisers (method.md §6): a small CNN and a small U-Net with EDM preconditioning.
+"""Trained reference denoisers (method.md §6): a small CNN, a small U-Net and a small DiT-like
+transformer, with EDM preconditioning.
 
 Karras et al. 2022 ("Elucidating the design space...", Table 1):
 
@@ -36,7 +37,8 @@ from . import _checks as checks
 from .denoiser import check_images, check_sigma, tweedie_score
 from ._io import WavescoreError, atomic_path, sha256_file, write_json
 
-__all__ = ["SmallCNN", "SmallUNet", "EDMDenoiser", "train", "load_network", "save_safetensors", "ARCHITECTURES"]
+__all__ = ["SmallCNN", "SmallUNet", "SmallTransformer", "EDMDenoiser", "train", "load_network", "save_safetensors",
+           "ARCHITECTURES"]
 
 FORMAT = "wavescore-network"
 FORMAT_VERSION = 1
@@ -171,7 +173,110 @@ class SmallUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-ARCHITECTURES = {"cnn": SmallCNN, "unet": SmallUNet}
+def _sincos_2d(gh: int, gw: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embedding (gh * gw, dim), row-major tokens (MAE/DiT):
+    half the channels encode the row, half the column. Fixed rather than learned, so the
+    network holds no parameter that depends on the image size (the constructor does not know
+    it) and a checkpoint's weights never depend on the data's shape."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32, device=device) / max(quarter, 1))
+    rows = torch.arange(gh, dtype=torch.float32, device=device)[:, None] * omega[None]  # (gh, quarter)
+    cols = torch.arange(gw, dtype=torch.float32, device=device)[:, None] * omega[None]
+    emb = torch.cat([torch.sin(rows)[:, None].expand(gh, gw, quarter), torch.cos(rows)[:, None].expand(gh, gw, quarter),
+                     torch.sin(cols)[None].expand(gh, gw, quarter), torch.cos(cols)[None].expand(gh, gw, quarter)],
+                    dim=-1).reshape(gh * gw, 4 * quarter)
+    return F.pad(emb, (0, dim - 4 * quarter))  # dim is a multiple of 4 in practice; zero the rest otherwise
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class _DiTBlock(nn.Module):
+    """Pre-norm attention + MLP block with adaLN-Zero (Peebles & Xie 2023): the noise embedding
+    gives per-sample shift, scale and gate for both branches; the gates start at zero, so every
+    block starts as the identity and training opens them."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, emb_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)  # the affine comes from adaLN
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim))
+        self.ada = nn.Linear(emb_dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(emb).chunk(6, dim=1)
+        n, t, d = x.shape
+        q, k, v = self.qkv(_modulate(self.norm1(x), shift1, scale1)).reshape(n, t, 3, self.heads, d // self.heads) \
+            .permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+        x = x + gate1[:, None] * self.proj(h)
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class SmallTransformer(nn.Module):
+    """A small DiT-like denoiser (Peebles & Xie 2023): ``patch`` x ``patch`` pixel patches become
+    tokens (a 32x32 image with patch 4: 64 tokens) through a linear embedding plus a fixed 2D
+    sine-cosine position embedding, ``depth`` pre-norm attention blocks of width ``dim`` with
+    ``heads`` heads and an MLP of ``mlp_ratio * dim``, sigma conditioning by adaLN-Zero from an
+    embedding of c_noise, then a final adaLN and a linear map back to the patches. Every token
+    sees every other: the opposite of SmallCNN's locality. About 1.2M parameters with the
+    defaults. H and W must be divisible by ``patch``.
+    """
+
+    def __init__(self, channels: int = 1, dim: int = 128, depth: int = 4, heads: int = 4, patch: int = 4,
+                 mlp_ratio: int = 4):
+        super().__init__()
+        channels = checks.whole("SmallTransformer channels", channels)
+        dim, depth = checks.whole("SmallTransformer dim", dim), checks.whole("SmallTransformer depth", depth)
+        heads, patch = checks.whole("SmallTransformer heads", heads), checks.whole("SmallTransformer patch", patch)
+        mlp_ratio = checks.whole("SmallTransformer mlp_ratio", mlp_ratio)
+        if dim % heads or dim < 4:
+            raise WavescoreError(f"SmallTransformer needs dim >= 4 divisible by heads, got dim={dim}, heads={heads} "
+                                 "(--width, --heads on the command line): "
+                                 "choose e.g. dim=128, heads=4")
+        self.channels, self.dim, self.depth, self.heads, self.patch = channels, dim, depth, heads, patch
+        self.patch_embed = nn.Linear(channels * patch * patch, dim)
+        # The noise embedding is dim wide (_Embedding doubles its feature count): adaLN maps it to
+        # 6 * dim per block, the largest weights of the net, so a wider one would mostly add those.
+        self.embed = _Embedding(max(8, dim // 2 // 2 * 2))
+        emb_dim = 2 * self.embed.dim
+        self.blocks = nn.ModuleList([_DiTBlock(dim, heads, mlp_ratio, emb_dim) for _ in range(depth)])
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(emb_dim, 2 * dim)
+        self.out = nn.Linear(dim, channels * patch * patch)
+        # adaLN-Zero: the output starts at zero, so the EDM denoiser starts as c_skip x.
+        for layer in (self.ada_out, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def check_size(self, h: int, w: int) -> None:
+        if h % self.patch or w % self.patch:
+            raise WavescoreError(f"SmallTransformer with patch {self.patch} needs H and W divisible by {self.patch}, "
+                                 f"got {(h, w)}: pad the images (load_dataset pad_to) or choose a patch that divides "
+                                 "both")
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        self.check_size(h, w)
+        p, gh, gw = self.patch, h // self.patch, w // self.patch
+        tokens = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * p * p)
+        t = self.patch_embed(tokens) + _sincos_2d(gh, gw, self.dim, device=x.device).to(x.dtype)
+        emb = F.silu(self.embed(c_noise)).to(x.dtype)
+        for block in self.blocks:
+            t = block(t, emb)
+        shift, scale = self.ada_out(emb).chunk(2, dim=1)
+        t = self.out(_modulate(self.norm_out(t), shift, scale))
+        return t.reshape(n, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+ARCHITECTURES = {"cnn": SmallCNN, "unet": SmallUNet, "transformer": SmallTransformer}
 
 
 class EDMDenoiser(nn.Module):
@@ -440,8 +545,8 @@ def _diverged(out: Path, epoch: int, step: int, what: str, lr: float, kept: int)
 def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
           progress: bool = True, max_minutes: float | None = None, arch_kwargs: dict | None = None,
           sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> EDMDenoiser:
-    """Train ``arch`` ("cnn" or "unet", constructor options in ``arch_kwargs``) on ``data``
-    (N, C, H, W) with the EDM loss, Adam(lr), for ``epochs`` epochs in total.
+    """Train ``arch`` ("cnn", "unet" or "transformer", constructor options in ``arch_kwargs``) on
+    ``data`` (N, C, H, W) with the EDM loss, Adam(lr), for ``epochs`` epochs in total.
 
     Writes the checkpoint ``out`` atomically after every epoch and the loss log beside it
     (``<stem>.log.json``). If ``out`` exists (same configuration), training resumes after its
@@ -501,6 +606,8 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
             raise WavescoreError(f"a unet with {len(model.net.mults)} resolutions needs H and W divisible by {factor}, "
                                  f"the data are {tuple(data.shape[-2:])}: pad the images (load_dataset pad_to) "
                                  "or use fewer mults")
+    if arch == "transformer":  # its constructor does not know the image size: check it here, before out
+        model.net.check_size(*data.shape[-2:])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)  # shuffling, sigma and noise draws
     start, history = 0, []
