@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from wavescore import WavescoreError, load_dataset
-from wavescore.baselines import ELSDenoiser, EmpiricalDenoiser, mnist_patch_schedule
+from wavescore.baselines import (ELSDenoiser, EmpiricalDenoiser, PatchSchedule, calibrate_els_schedule,
+                                 mnist_patch_schedule)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,52 @@ def test_els_method_and_train_subset():
     assert ELSDenoiser(train, train_subset=100).n_train_ == 12
     with pytest.raises(WavescoreError, match="positive whole number"):
         ELSDenoiser(train, train_subset=0)
+
+
+# ---------------------------------------------------------------------------------- calibrated schedule
+def test_calibrate_els_schedule_recovers_a_fixed_size_and_round_trips(digits):
+    import json
+    import pickle
+
+    train, test = digits
+    train, x = train.double(), test[:2].double()
+    ref = ELSDenoiser(train, patch_size=5)
+    sigmas = (0.1, 1.0, 3.0)
+    sched = calibrate_els_schedule(train, ref, x, sigmas, sizes=(3, 5, 7, 9))
+    assert sched.sizes == (5, 5, 5) and sched.sigmas == sigmas and sched.reference == "ELSDenoiser"
+    assert sched.candidates == (3, 5, 7)  # 9 clamps to 7 on 8x8 periodic images: tried once
+    assert all(row[1] == 0.0 for row in sched.mse)  # the reference's own size reproduces it exactly
+    again = PatchSchedule.from_dict(json.loads(json.dumps(sched.to_dict())))
+    assert again == sched and pickle.loads(pickle.dumps(sched)) == sched
+    y = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+    assert torch.equal(ELSDenoiser(train, patch_size=again).denoise(y, 0.3), ref.denoise(y, 0.3))
+
+
+def test_calibrate_els_schedule_follows_a_growing_reference(digits):
+    train, test = digits
+    train, x = train.double(), test[:2].double()
+    ref = ELSDenoiser(train, patch_size=PatchSchedule([0.1, 1.0], [3, 7]))
+    assert calibrate_els_schedule(train, ref, x, (0.1, 1.0), sizes=(3, 5, 7)).sizes == (3, 7)
+
+
+def test_patch_schedule_is_nearest_in_log_sigma():
+    sched = PatchSchedule([0.1, 1.0], [3, 7])
+    # the log-midpoint of 0.1 and 1 is sqrt(0.1) = 0.316; outside the grid the nearest end's size
+    assert [sched(s) for s in (1e-4, 0.1, 0.3, 0.32, 1.0, 100.0)] == [3, 3, 3, 7, 7, 7]
+    assert "0.1: 3" in repr(sched)
+
+
+def test_calibration_bad_input_is_one_line(digits):
+    train, test = digits
+    ref = ELSDenoiser(train, patch_size=5)
+    for sizes in ((4, 6), (), (3, 5.0)):
+        with pytest.raises(WavescoreError, match="odd positive whole"):
+            calibrate_els_schedule(train, ref, test[:2], (0.5,), sizes=sizes)
+    with pytest.raises(WavescoreError, match="denoise"):
+        calibrate_els_schedule(train, object(), test[:2], (0.5,))
+    with pytest.raises(WavescoreError, match="increasing"):
+        calibrate_els_schedule(train, ref, test[:2], (0.5, 0.1))
+    with pytest.raises(WavescoreError, match="one size per grid sigma"):
+        PatchSchedule([0.1, 1.0], [3])
+    with pytest.raises(WavescoreError, match="sigmas"):
+        PatchSchedule.from_dict({"sizes": [3]})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wavescore import ScoreMachine, WavescoreError, load_dataset
-from wavescore.joined import JoinedMachine, combination_weights
+from wavescore.joined import JoinedMachine, combination_weights, scheduled_local_mixture
 from wavescore.models import load_model
 from wavescore.presets import make_machine
 
@@ -135,3 +135,74 @@ def test_too_few_images_and_unfitted(digits):
         JoinedMachine(holdout=256).fit(digits[:300], progress=False)
     with pytest.raises(WavescoreError, match="not fitted"):
         JoinedMachine().denoise(digits[:2], 0.1)
+
+
+# ---------------------------------------------------------------------------------- calibration, scheduled locality
+_QUICK = {"family": "local-mixture", "components": 4, "basis": "pixel", "max_samples": 5000, "em_iterations": 2,
+          "kmeans_iterations": 5}
+SMALL_PARTS = [{"family": "gaussian"}, {**_QUICK, "radius": 1}, {**_QUICK, "radius": 2}]
+FEW_SIGMAS = (0.05, 0.2, 1.0, 5.0)
+# small and quick: 4 components, few samples and iterations, 4 grid sigmas
+SCHEDULED = dict(radii=(1, 2, 3), components=4, holdout=100, sigmas=FEW_SIGMAS, max_samples=5000, em_iterations=2,
+                 kmeans_iterations=5)
+
+
+@pytest.fixture(scope="module")
+def scheduled(digits):
+    return make_machine("scheduled-local-mixture", **SCHEDULED).fit(digits[:400], progress=False)
+
+
+def test_reference_none_is_todays_fit_and_a_part_as_reference_selects_it(digits):
+    cfg = dict(parts=SMALL_PARTS, holdout=60, sigmas=(0.05, 1.0))
+    plain = JoinedMachine(**cfg).fit(digits[:300], progress=False)
+    none = JoinedMachine(**cfg).fit(digits[:300], progress=False, reference=None)
+    assert none.choice_ == plain.choice_ and plain.choice_["reference"] is None  # bitwise: the same floats
+    for p, combine in ((2, "convex"), (1, "select")):
+        m = JoinedMachine(**cfg, combine=combine).fit(digits[:300], progress=False, reference=plain.parts_[p])
+        A = np.asarray(m.choice_["weights"])  # (sigmas, parts, bands): one-hot on p everywhere
+        # the parts refit identically, so part p's residual against itself is 0 (convex: up to the ridge)
+        assert np.allclose(A[:, p], 1.0, atol=1e-6) and np.allclose(np.delete(A, p, axis=1), 0.0, atol=1e-6)
+        assert m.choice_["reference"] == plain.parts_[p].name
+        assert set(m.schedule().values()) == {p}
+
+
+def test_scheduled_picks_the_best_radius_at_every_grid_sigma(scheduled, digits):
+    assert scheduled.name == "scheduled-local-mixture-pixel-K4-r1-2-3"
+    assert scheduled.combine == "select" and scheduled.per_band is False
+    radius = scheduled.schedule("radius")
+    assert list(radius) == list(FEW_SIGMAS) and set(radius.values()) <= {1, 2, 3}
+    # each radius alone, as a one-part joined machine: the same split, part fit and held-out noise
+    cfg = {k: v for k, v in SCHEDULED.items() if k not in ("radii", "holdout", "sigmas")}
+    alone = np.array([JoinedMachine(parts=[{"family": "local-mixture", "basis": "pixel", "radius": r, **cfg}],
+                                    holdout=100, sigmas=FEW_SIGMAS).fit(digits[:400], progress=False).choice_["mse"]
+                      for r in (1, 2, 3)])[:, :, 0]  # (radii, sigmas)
+    mine = np.asarray(scheduled.choice_["mse"])[:, -1]
+    assert np.allclose(mine, alone.min(0), rtol=1e-10, atol=0)
+    assert [radius[s] for s in FEW_SIGMAS] == [(1, 2, 3)[i] for i in alone.argmin(0)]
+    # measured on digits: radius 1 at low noise, 3 at high noise
+    assert radius[0.05] < radius[5.0]
+
+
+def test_scheduled_round_trip_is_exact(scheduled, digits, tmp_path):
+    name, again = load_model(str(scheduled.save(tmp_path / "s.wsm")))
+    assert isinstance(again, JoinedMachine) and name == scheduled.name
+    assert again.schedule("radius") == scheduled.schedule("radius") and again.choice_ == scheduled.choice_
+    for p, q in zip(again.parts_, scheduled.parts_):
+        assert all(torch.equal(u, v) for g, h in zip(p.params_, q.params_) for u, v in zip(g, h))
+    y = _noisy(digits[400:420], 0.5)
+    for s in (0.05, 0.5, 3.0):  # the same arrays; a loaded array's memory layout may change the last bit
+        assert torch.allclose(again.denoise(y, s), scheduled.denoise(y, s), rtol=0, atol=1e-12)
+
+
+def test_scheduled_and_reference_bad_input_is_one_line(digits):
+    for radii, match in (((), "radii"), ((1, 1), "distinct"), ((1, -1), "radii"), ((1.5,), "radii")):
+        with pytest.raises(WavescoreError, match=match):
+            scheduled_local_mixture(radii)
+    with pytest.raises(WavescoreError, match="drop radius"):
+        make_machine("scheduled-local-mixture", radius=2)
+    with pytest.raises(WavescoreError, match="cannot be a part"):
+        JoinedMachine(parts=[{"family": "scheduled-local-mixture"}])
+    with pytest.raises(WavescoreError, match="denoise"):
+        JoinedMachine(parts=[{"family": "gaussian"}], holdout=100).fit(digits[:300], reference="unet")
+    with pytest.raises(WavescoreError, match="not fitted"):
+        make_machine("scheduled-local-mixture").schedule()

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import WavescoreError
+from ._io import WavescoreError, progress_bar
 from .denoiser import Denoiser, check_images, check_sigma
+from .fitting import noise_for
 
-__all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule"]
+__all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule", "PatchSchedule", "calibrate_els_schedule",
+           "check_reference"]
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -480,3 +482,142 @@ class ELSDenoiser(Denoiser):
                 out[sel] = res.to(torch.float64).reshape(sel.numel(), h * w, c)
         return out.transpose(1, 2).reshape(n, c, h, w).to(device=x.device, dtype=x.dtype)
 
+
+
+# ---------------------------------------------------------------------------------- calibration
+def check_reference(reference, what: str = "reference"):
+    """``reference`` if it has a ``denoise(x, sigma)`` method; else one WavescoreError."""
+    if not callable(getattr(reference, "denoise", None)):
+        raise WavescoreError(f"{what} must have a denoise(x, sigma) method (a fitted machine, a loaded network, an "
+                             f"ELSDenoiser...), got {type(reference).__name__}: pass such a model, e.g. "
+                             "wavescore.models.load_model(path)[1]")
+    return reference
+
+
+def reference_name(reference) -> str:
+    """What a calibration was against, for the record: the model's ``name`` if it has a string
+    one (fitted machines do), else its class name. The reference itself is never saved."""
+    try:
+        name = getattr(reference, "name", None)
+    except Exception:  # an unfitted model's name property may need its fit
+        name = None
+    return name if isinstance(name, str) and name else type(reference).__name__
+
+
+def reference_output(reference, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The reference's denoiser output on ``y`` (float64), checked to be an image of y's shape."""
+    out = reference.denoise(y, sigma)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(y.shape):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise WavescoreError(f"the reference's denoise returned {got} for images of shape {tuple(y.shape)}: "
+                             "pass a reference for images of this shape")
+    out = out.detach().cpu().to(torch.float64)
+    if not torch.isfinite(out).all():
+        raise WavescoreError(f"the reference's denoise output at sigma {sigma} is not finite: check the reference")
+    return out
+
+
+def _odd_sizes(sizes) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        sizes = ()
+    if not sizes or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1 or p % 2 == 0
+                        for p in sizes):
+        raise WavescoreError(f"sizes must be a non-empty list of odd positive whole numbers (a patch is centred), "
+                             f"got {sizes!r}: e.g. (3, 5, 7, 9)")
+    return tuple(int(p) for p in sizes)
+
+
+def _grid_sigmas(sigmas) -> tuple[float, ...]:
+    try:
+        sig = tuple(float(s) for s in sigmas)
+    except (TypeError, ValueError):
+        sig = ()
+    if not sig or any(not (math.isfinite(s) and s > 0) for s in sig) or list(sig) != sorted(set(sig)):
+        raise WavescoreError(f"sigmas must be a non-empty list of increasing positive numbers, got {sigmas!r}")
+    return sig
+
+
+class PatchSchedule:
+    """A patch size per grid sigma, used at the grid sigma nearest in log sigma: a picklable
+    ``patch_size`` for :class:`ELSDenoiser` (method.md §13, "Scheduled locality").
+
+    ``to_dict`` / ``from_dict`` give its JSON form; ``reference``, ``candidates`` and ``mse``
+    (grid sigma x candidate size) record the calibration that chose it, when there was one."""
+
+    def __init__(self, sigmas, sizes, *, reference: str | None = None, candidates=None, mse=None):
+        self.sigmas = _grid_sigmas(sigmas)
+        self.sizes = _odd_sizes(sizes)
+        if len(self.sizes) != len(self.sigmas):
+            raise WavescoreError(f"a patch schedule needs one size per grid sigma, got {len(self.sizes)} sizes for "
+                                 f"{len(self.sigmas)} sigmas")
+        self.reference = reference
+        self.candidates = None if candidates is None else _odd_sizes(candidates)
+        self.mse = None if mse is None else [[float(v) for v in row] for row in mse]
+        self._log = np.log(self.sigmas)
+
+    def __call__(self, sigma: float) -> int:
+        # piecewise constant: the nearest grid sigma in log sigma (ties go to the smaller one)
+        return self.sizes[int(np.argmin(np.abs(self._log - math.log(float(sigma)))))]
+
+    def to_dict(self) -> dict:
+        return {"sigmas": list(self.sigmas), "sizes": list(self.sizes), "reference": self.reference,
+                "candidates": None if self.candidates is None else list(self.candidates), "mse": self.mse}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchSchedule":
+        if not isinstance(d, dict) or "sigmas" not in d or "sizes" not in d:
+            raise WavescoreError("a patch schedule's dict form has 'sigmas' and 'sizes' (PatchSchedule.to_dict): "
+                                 f"got {type(d).__name__}")
+        return cls(d["sigmas"], d["sizes"], reference=d.get("reference"), candidates=d.get("candidates"),
+                   mse=d.get("mse"))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PatchSchedule) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        pairs = ", ".join(f"{s:g}: {p}" for s, p in zip(self.sigmas, self.sizes))
+        return f"PatchSchedule({{{pairs}}})"
+
+
+def calibrate_els_schedule(train, reference, x, sigmas, sizes=(3, 5, 7, 9, 11, 13, 15), *, seed: int = 0,
+                           progress: bool = False, **els_options) -> PatchSchedule:
+    """The ELS patch size per noise level that best matches ``reference``'s denoiser (Kamb &
+    Ganguli 2025 calibrate theirs against each network; method.md §13, "Scheduled locality").
+
+    At grid sigma s_k the images ``x`` get the seeded noise ``noise_for(x.shape, k, seed)``, and
+    the size chosen is the one whose ELS output (on ``train``) is nearest the reference's output on
+    the same noisy images in mean squared error (equivalently, the highest R^2 against it). Sizes
+    are clamped as ELSDenoiser clamps them and each effective size is tried once; ties go to the
+    smaller. Cost: one ELS denoise per (sigma, size) on len(x) images, so pass a small ``x`` and a
+    training subset (or ``train_subset=``, an ELSDenoiser option, like ``wrap`` and ``method``).
+
+    Returns a :class:`PatchSchedule`: ``ELSDenoiser(train, patch_size=schedule)``."""
+    reference = check_reference(reference)
+    if "patch_size" in els_options:
+        raise WavescoreError("calibrate_els_schedule chooses the patch size among sizes=: drop patch_size")
+    sig = _grid_sigmas(sigmas)
+    sizes = _odd_sizes(sizes)
+    x = _as_images(x, "calibration images").detach().cpu().to(torch.float64)
+    els = ELSDenoiser(train, patch_size=sizes[0], **els_options)
+    if tuple(x.shape[1:]) != els.shape_:
+        raise WavescoreError(f"the calibration images are {tuple(x.shape[1:])}, the training images {els.shape_}: "
+                             "pass images of one shape")
+    effective = []
+    for p in sizes:
+        els.patch_size = p
+        if els.patch_size_for(1.0) not in effective:  # sizes above the cap would repeat the cap's output
+            effective.append(els.patch_size_for(1.0))
+    effective.sort()
+    chosen, mse = [], []
+    for k, s in enumerate(progress_bar(sig, desc="calibrate ELS", enabled=progress, leave=False)):
+        y = x + s * noise_for(x.shape, k, seed=seed)
+        target = reference_output(reference, y, s)
+        row = []
+        for p in effective:
+            els.patch_size = p
+            row.append(float(((els.denoise(y, s).to(torch.float64) - target) ** 2).mean()))
+        mse.append(row)
+        chosen.append(effective[int(np.argmin(row))])  # argmin: the first (smallest) size on ties
+    return PatchSchedule(sig, chosen, reference=reference_name(reference), candidates=effective, mse=mse)

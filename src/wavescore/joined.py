@@ -19,6 +19,12 @@ noise, the global mixture the coarse bands and high noise, each where its held-o
 The parts are fitted on the training images less ``holdout`` of them; the weights on those
 held-out images with the seeded noise of fitting.noise_for. The orthonormal basis makes the
 image MSE the sum of the bands' errors, so the per-band weights minimise the image's error too.
+With ``fit(..., reference=model)`` the residuals are taken against the reference's denoiser
+output on the same noisy images instead of the clean ones: the weights then imitate that model.
+
+``scheduled_local_mixture`` (preset ``scheduled-local-mixture``) joins shared local mixtures of
+several radii with combine="select" and one weight per sigma: the neighbourhood grows with sigma,
+as ELS's patch does (method.md §13, "Scheduled locality").
 """
 from __future__ import annotations
 
@@ -31,12 +37,13 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError, progress_bar
+from .baselines import check_reference, reference_name, reference_output
 from .denoiser import Denoiser, check_images
 from .fitting import Estimator, noise_for
 from .machine import WaveletScore
 from .transform import WaveletTransform
 
-__all__ = ["JoinedMachine", "JOIN_SIGMAS", "DEFAULT_PARTS", "combination_weights"]
+__all__ = ["JoinedMachine", "JOIN_SIGMAS", "DEFAULT_PARTS", "combination_weights", "scheduled_local_mixture"]
 
 FORMAT = "wavescore-joined-machine"
 FORMAT_VERSION = 1
@@ -114,7 +121,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         if not parts or any(not isinstance(p, dict) or p.get("family") not in PRESETS for p in parts):
             raise WavescoreError("parts must be a non-empty list of machine configurations, each a dict with a "
                                  f"'family' among {', '.join(PRESETS)}, e.g. {list(DEFAULT_PARTS)}")
-        if any(p["family"] == "mixture+local-mixture" for p in parts):
+        if any(PRESETS[p["family"]].machine == "joined" for p in parts):
             raise WavescoreError("a joined machine cannot be a part of another: list its parts instead")
         self.parts = parts
         if self.combine not in COMBINE:
@@ -142,9 +149,22 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
 
     @property
     def name(self) -> str:
-        names = "+".join(m.name for m in self.parts_) if hasattr(self, "parts_") else \
-            "+".join(m.name for m in self._make_parts())
+        parts = self.parts_ if hasattr(self, "parts_") else self._make_parts()
+        radii = self._scheduled_radii()
+        if radii is not None:  # the scheduled local mixture: one name showing its radii
+            base, r0 = parts[0].name, f"-K{parts[0].components}-r{parts[0].radius}"
+            return "scheduled-" + base.replace(r0, f"-K{parts[0].components}-r{'-'.join(map(str, radii))}", 1)
+        names = "+".join(m.name for m in parts)
         return f"joined({names}){'' if self.combine == 'convex' else '-' + self.combine}"
+
+    def _scheduled_radii(self) -> list[int] | None:
+        """The radii when this is a scheduled local mixture (one whole-image choice per sigma among
+        local mixtures that differ only in radius), else None."""
+        if self.combine != "select" or self.per_band or any(p["family"] != "local-mixture" for p in self.parts):
+            return None
+        rest = [{k: v for k, v in p.items() if k != "radius"} for p in self.parts]
+        radii = [p.get("radius", 1) for p in self.parts]
+        return radii if all(r == rest[0] for r in rest) and len(set(radii)) == len(radii) else None
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
         """The largest part's fit (they run one after another) plus the held-out residuals."""
@@ -154,8 +174,15 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         return {"parts": est, "total": int(peak + 3 * len(self.parts) * self.holdout * D * 8), "D": D}
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data, *, progress: bool = True) -> "JoinedMachine":
-        """Fit every part on the training images less ``holdout``, then the weights on those."""
+    def fit(self, data, *, progress: bool = True, reference=None) -> "JoinedMachine":
+        """Fit every part on the training images less ``holdout``, then the weights on those.
+
+        ``reference``: None (default) fits the weights to the clean held-out images; a model with
+        ``denoise(x, sigma)`` (a network, ELS, another machine) fits them to its denoiser output on
+        the same noisy held-out images (method.md §13, "Calibration against a reference"). Only
+        the weights and ``choice_["reference"]``, the reference's name, are kept."""
+        if reference is not None:
+            check_reference(reference)  # before the parts' fit, not after it
         x = check_images(data, "fit", finite=True)
         if x.shape[0] < 2 * self.holdout:
             raise WavescoreError(f"a joined machine holds out {self.holdout} images for its weights and needs at "
@@ -170,7 +197,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
         self.parts_ = parts
-        self.choice_ = self._choose(held, progress)
+        self.choice_ = self._choose(held, progress, reference)
         self.n_samples_ = int(x.shape[0])
         self.fit_time_ = time.perf_counter() - t0
         return self
@@ -183,9 +210,10 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
                 idx[band.start : band.stop] = b
         return idx
 
-    def _choose(self, held: torch.Tensor, progress: bool) -> dict:
+    def _choose(self, held: torch.Tensor, progress: bool, reference=None) -> dict:
         """Per grid sigma: the parts' held-out residual Gram matrices per band, the weights
-        (method.md §13) and the held-out MSE of every part and of the combination."""
+        (method.md §13) and the held-out MSE of every part and of the combination, all against
+        the clean images, or against ``reference``'s output on the same noisy images."""
         x = held.to(torch.float64)
         w = self.transform_.forward(x)
         band = self._band_index()
@@ -195,7 +223,10 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         other = {c: np.zeros(len(self.sigmas)) for c in COMBINE}
         for k, s in enumerate(progress_bar(self.sigmas, desc="join weights", enabled=progress, leave=False)):
             y = x + s * noise_for(x.shape, k, seed=_NOISE_SEED)
-            res = torch.stack([self.transform_.forward(m.denoise(y, s).to(torch.float64)) - w for m in self.parts_])
+            # the target: the clean coefficients, or the reference's denoised ones (method.md §13)
+            target = w if reference is None else self.transform_.forward(reference_output(reference, y, s))
+            res = torch.stack([self.transform_.forward(m.denoise(y, s).to(torch.float64)) - target
+                               for m in self.parts_])
             prod = res[:, None] * res[None]  # (P, P, n, D)
             G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, prod.sum(2).permute(2, 0, 1))
             for c in COMBINE:  # every rule's held-out error, from the same Gram matrices
@@ -211,7 +242,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             mse[k, P] = float((joined**2).mean())
         return {"sigmas": list(self.sigmas), "parts": [m.name for m in self.parts_], "weights": weights.tolist(),
                 "mse": mse.tolist(), "mse_by_combine": {c: v.tolist() for c, v in other.items()},
-                "n_images": int(x.shape[0]),
+                "n_images": int(x.shape[0]), "reference": None if reference is None else reference_name(reference),
                 "bands": [b.name for b in self.transform_.layout.bands] if self.per_band else ["all"]}
 
     # ------------------------------------------------------------------ score
@@ -229,6 +260,19 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         f = t - k
         a = A[k] if len(self.sigmas) == 1 else (1 - f) * A[k] + f * A[k + 1]
         return a[:, self._band_index()]
+
+    def schedule(self, param: str | None = None) -> dict:
+        """{grid sigma: the part with the largest weight there} (per_band: the largest mean weight
+        over coefficients): its index, or with ``param`` that part's configuration value, e.g.
+        ``schedule("radius")`` for the scheduled local mixture. With combine="select" and
+        per_band=False this is the part used at that sigma."""
+        self._require_fitted()
+        values = list(range(len(self.parts_)))
+        if param is not None:  # the configured value, else the part's default for it (radius=1, ...)
+            values = [p.get(param, getattr(m, param, None)) for p, m in zip(self.parts, self.parts_)]
+            if any(v is None for v in values):
+                raise WavescoreError(f"not every part has a setting {param!r}: call schedule() for part indices")
+        return {s: values[int(self.weights_at(s).mean(1).argmax())] for s in self.sigmas}
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """sum_i a_i(sigma) score_i(w, sigma) per coefficient (module docstring): (N, D) -> (N, D)."""
@@ -283,3 +327,31 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
                                  f"{(len(m.sigmas), len(m.parts), B)} finite values: {hint}")
         m.choice_, m.n_samples_, m.fit_time_ = choice, header["count"], header.get("fit_time")
         return m
+
+
+def scheduled_local_mixture(radii=(1, 2, 3), *, holdout: int = 256, sigmas=JOIN_SIGMAS, wavelet: str = "haar",
+                            levels: int | None = None, seed: int = 0, max_memory: float | None = None,
+                            components: int = 64, basis: str = "pixel", **local) -> JoinedMachine:
+    """Shared local mixtures (method.md §12) of each radius, joined with combine="select" and
+    one weight per sigma (per_band=False): at each grid sigma the radius of least held-out error,
+    so the neighbourhood grows with the noise as ELS's patch does (method.md §13, "Scheduled
+    locality"). ``schedule("radius")`` reports the radius per grid sigma; ``fit(...,
+    reference=model)`` chooses it against another model's denoiser instead of the clean images.
+    ``local``: the other LocalMixtureMachine settings (shrinkage, em_iterations, ...), one for all
+    radii. Preset ``scheduled-local-mixture``."""
+    try:
+        radii = [r for r in radii]
+    except TypeError:
+        radii = []
+    if not radii or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0 for r in radii) \
+            or len(set(radii)) != len(radii):
+        raise WavescoreError(f"radii must be a non-empty list of distinct whole numbers >= 0, got {radii!r}: "
+                             "e.g. radii=(1, 2, 3)")
+    if "radius" in local or "shared" in local:
+        raise WavescoreError("a scheduled local mixture sets each part's radius from radii= and shares every "
+                             "mixture over positions: drop radius= and shared=")
+    part = {"family": "local-mixture", "components": components, "basis": basis, "wavelet": wavelet,
+            "levels": levels, "seed": seed, **local}
+    parts = [{**part, "radius": int(r)} for r in sorted(radii)]
+    return JoinedMachine(parts=parts, combine="select", per_band=False, holdout=holdout, sigmas=sigmas,
+                         wavelet=wavelet, levels=levels, seed=seed, max_memory=max_memory)

@@ -20,6 +20,7 @@ class Preset:
     description: str
     machine: str = "score"  # "score": ScoreMachine(family=name); else the class make_machine names
     terms: Callable[[int, int, str], list] | None = None  # (degree, radius, bands) -> [Term] for mixed presets
+    factory: str | None = None  # "module.function" that make_machine calls instead of the class (a configured one)
 
 
 def _global_plus(base: str):
@@ -57,6 +58,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("mixture+local-mixture", "the Gaussian score, the global mixture, the local pixel-patch mixture and the "
                                     "gates joined per sigma and wavelet band by held-out affine weights "
                                     "(JoinedMachine, method.md §13)", machine="joined"),
+    Preset("scheduled-local-mixture", "shared local mixtures of several radii (radii=(1, 2, 3)), one chosen per sigma "
+                                      "by held-out error: the neighbourhood grows with the noise, as in ELS "
+                                      "(JoinedMachine with combine='select', method.md §13)", machine="joined",
+           factory="joined.scheduled_local_mixture"),
     Preset("cascade", "a coarse model of a_J (global mixture or Gaussian) and, per finer level, local mixtures of the "
                       "details given the coarser image; samples coarse to fine (CascadeMachine, method.md §14)",
            machine="cascade"),
@@ -88,6 +93,9 @@ def make_machine(family: str = "local", **params):
         raise WavescoreError(f"unknown family {family!r}: choose one of {', '.join(PRESETS)}")
     if preset.machine == "score":
         return _class("score")(family=family, **params)
+    if preset.factory is not None:  # a configured machine of an existing class (e.g. a JoinedMachine)
+        module, name = preset.factory.rsplit(".", 1)
+        return getattr(importlib.import_module(f".{module}", __package__), name)(**params)
     return _class(preset.machine)(**params)
 
 
