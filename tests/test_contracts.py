@@ -254,3 +254,33 @@ def test_public_solver_state_for_benchmarks():
     assert torch.equal(m.score_with(w, thetas), m.wavelet_score(w, 0.3))
     m.clear_cache()
     assert torch.allclose(m.parameters(0.3)[1], thetas[1], rtol=0, atol=0)
+
+
+def test_mimicry_runner(tmp_path):
+    """benchmarks/mimicry.py is a configuration list for experiments.run_mimicry: machines and ELS
+    are candidates, the checkpoints the references; a network is never a best match; two
+    configurations with one machine name are refused instead of one replacing the other."""
+    import json
+
+    import pytest
+
+    from wavescore._io import WavescoreError
+    from wavescore.datasets import load_dataset
+    from wavescore.experiments import run_mimicry
+    from wavescore.networks import train
+
+    x = load_dataset("digits", "train")
+    train("cnn", x[:64], epochs=1, out=tmp_path / "tinycnn.pt", arch_kwargs={"width": 8, "depth": 3}, progress=False)
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    res = run_mimicry(cfgs, "digits", tmp_path / "out", nets=[str(tmp_path / "tinycnn.pt")], els={"train_subset": 50},
+                      n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
+    best = res["best_match"]["tinycnn"]
+    assert best["candidates"] == ["gaussian-P1", "local-mixture-pixel-K4-r1", "els"]
+    r = res["samples"]["correlation"]["tinycnn"]
+    assert best["by_samples"]["median_r"] == max(r[c]["median"] for c in best["candidates"])
+    on_disk = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", "els"}
+    assert (tmp_path / "out" / "samples.png").stat().st_size > 0 and (tmp_path / "out" / "matrix.md").exists()
+    with pytest.raises(WavescoreError, match="two configurations make a machine named 'gaussian-P1'"):
+        run_mimicry(cfgs[:1] * 2, "digits", tmp_path / "dup", nets=[str(tmp_path / "tinycnn.pt")], n_test=20,
+                    n_samples=0, progress=False)

@@ -206,3 +206,20 @@ def test_scheduled_and_reference_bad_input_is_one_line(digits):
         JoinedMachine(parts=[{"family": "gaussian"}], holdout=100).fit(digits[:300], reference="unet")
     with pytest.raises(WavescoreError, match="not fitted"):
         make_machine("scheduled-local-mixture").schedule()
+
+
+def test_scheduled_cli(tmp_path, capsys):
+    """`wavescore fit --family scheduled-local-mixture --radius R` joins radii 1..R; R < 2 and
+    options of other families are refused in one line."""
+    from wavescore.cli import main
+    from wavescore.models import load_model
+
+    wsm = tmp_path / "s.wsm"
+    assert main(["fit", "--data", "digits", "--family", "scheduled-local-mixture", "--radius", "2",
+                 "--components", "4", "-o", str(wsm)]) == 0
+    _, m = load_model(str(wsm))
+    assert [p["radius"] for p in m.parts] == [1, 2] and set(m.schedule("radius").values()) <= {1, 2}
+    for bad, msg in ((["--radius", "1"], "needs --radius R >= 2"), (["--radius", "2", "--bands", "all"], "--bands")):
+        assert main(["fit", "--data", "digits", "--family", "scheduled-local-mixture", *bad, "-o",
+                     str(tmp_path / "t.wsm")]) == 2
+        assert msg in capsys.readouterr().err

@@ -244,12 +244,13 @@ def _build_fit_machine(args: argparse.Namespace):
     from .machine import ScoreMachine
 
     distributed = bool(args.workers or args.scheduler)
-    if args.family in ("mixture", "local-mixture", "mixture+local-mixture", "cascade"):
+    if args.family in ("mixture", "local-mixture", "mixture+local-mixture", "cascade", "scheduled-local-mixture"):
         ignored = [flag for flag, given in (("--degree", args.degree is not None), ("--shared", args.shared),
                                             ("--terms", args.terms is not None), ("--select", args.select),
                                             ("--gate-scales", args.gate_scales is not None),
                                             ("--energy-scales", args.energy_scales is not None),
-                                            ("--basis", args.family != "local-mixture" and args.basis is not None),
+                                            ("--basis", args.family not in ("local-mixture", "scheduled-local-mixture")
+                                             and args.basis is not None),
                                             ("--bands", args.family != "local-mixture" and args.bands != "same"),
                                             ("--covariance", args.family != "mixture" and args.covariance is not None),
                                             ("--rank", args.family != "mixture" and args.rank is not None))
@@ -257,7 +258,8 @@ def _build_fit_machine(args: argparse.Namespace):
         settable = {"mixture": "--components, --covariance, --rank",
                     "local-mixture": "--components, --radius, --basis, --bands",
                     "mixture+local-mixture": "--components for the global mixture, --radius for the local one",
-                    "cascade": "--components and --radius of the conditionals, --levels"}
+                    "cascade": "--components and --radius of the conditionals, --levels",
+                    "scheduled-local-mixture": "--components, --basis, --radius (the largest; radii 1..R)"}
         settable = settable[args.family]
         if ignored:
             raise WavescoreError(f"{', '.join(ignored)} does not apply to --family {args.family} (set {settable}): "
@@ -288,6 +290,15 @@ def _build_fit_machine(args: argparse.Namespace):
             for part in (gaussian, mixture, gated):
                 part.update(wavelet=args.wavelet, levels=args.levels)
             return JoinedMachine(parts=[gaussian, mixture, local, gated], wavelet=args.wavelet, levels=args.levels)
+        if args.family == "scheduled-local-mixture":
+            from .joined import scheduled_local_mixture
+
+            if args.radius < 2:
+                raise WavescoreError(f"--family scheduled-local-mixture chooses among radii 1..R per sigma and needs "
+                                     f"--radius R >= 2, got {args.radius}: e.g. --radius 3")
+            return scheduled_local_mixture(radii=range(1, args.radius + 1), basis=args.basis or "pixel",
+                                           components=64 if args.components is None else args.components,
+                                           wavelet=args.wavelet, levels=args.levels)
         from .local_mixture import LocalMixtureMachine
 
         return LocalMixtureMachine(components=64 if args.components is None else args.components, radius=args.radius,

@@ -19,10 +19,10 @@ from typing import Sequence
 
 import torch
 
-from ._io import write_bytes_atomic, write_json
+from ._io import WavescoreError, write_bytes_atomic, write_json
 from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
-__all__ = ["fit_models", "run_table", "markdown_table", "run_samples", "samples_table", "row_name"]
+__all__ = ["fit_models", "run_table", "markdown_table", "run_samples", "samples_table", "row_name", "run_mimicry"]
 
 
 def row_name(machine) -> str:
@@ -36,7 +36,10 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
     models, seconds = {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
-        m = build_machine(cfg).fit(train, progress=progress)
+        m = build_machine(cfg)
+        if m.name in models:  # a dict would silently keep only the second
+            raise WavescoreError(f"two configurations make a machine named {m.name!r}: drop or change one")
+        m.fit(train, progress=progress)
         models[m.name] = m
         seconds[m.name] = time.perf_counter() - t0
     return models, seconds
@@ -249,3 +252,43 @@ def samples_table(result: dict) -> str:
                      f"(ref {wp['test_reference']:.2f}) | {nn['samples_median']:.3f} ({nn['test_median']:.3f}) | "
                      f"{100 * nn['samples_below_test_1pct']:.1f}% | {clf['class_histogram']} |")
     return "\n".join(lines) + "\n"
+
+
+def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Sequence[str] = (),
+                els: dict | None = None, n_test: int = 500, n_samples: int = 200, steps: int = 18,
+                sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, progress: bool = True) -> dict:
+    """The machine x network matrix (issue 16): fit every configuration on ``data``'s training
+    split, load every network checkpoint in ``nets`` (the references), optionally add ELS
+    (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``) as a candidate, and run
+    ``compare.compare_models`` once over all of them: denoiser R^2 per sigma on ``n_test`` test
+    images, final-sample r over ``n_samples`` shared initial noises (Heun, ``steps``). Writes
+    compare.json, matrix.md/png and the labelled samples grid into ``out`` (compare.write_outputs)
+    with the fit seconds and the command. Returns the result dict."""
+    from .baselines import ELSDenoiser
+    from .compare import compare_models, write_outputs
+    from .datasets import load_dataset
+    from .networks import load_network
+
+    train = load_dataset(data, "train")
+    test = load_dataset(data, "test", limit=n_test)
+    models, fit_seconds = fit_models(configs, train, progress=progress)
+    if els is not None:
+        t0 = time.perf_counter()
+        models["els"] = ELSDenoiser(train, **els)
+        fit_seconds["els"] = time.perf_counter() - t0
+    refs = []
+    for path in nets:
+        name = Path(path).stem
+        if name in models:
+            raise WavescoreError(f"network {path} is named {name!r} like a model already in the comparison: "
+                                 "rename the checkpoint")
+        models[name] = load_network(path)
+        refs.append(name)
+    kinds = {**{r: "network" for r in refs}, **({"els": "els"} if els is not None else {})}
+    result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
+                            steps=steps, kinds=kinds, progress=progress)
+    finals = result.pop("_finals", None)
+    result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs), els=els,
+                  nets=list(nets), fit_seconds=fit_seconds)
+    write_outputs(result, finals, out)
+    return result

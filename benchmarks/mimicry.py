@@ -1,0 +1,41 @@
+"""The machine x network matrix (issue 16): which machine reproduces which network.
+
+    python benchmarks/mimicry.py --nets benchmarks/checkpoints/cnn-circular.pt benchmarks/checkpoints/unet.pt benchmarks/checkpoints/transformer.pt
+
+Every machine below (fitted on the 60k training digits), ELS (``--els-train``
+training digits, its MNIST patch schedule) and the networks (the references) through
+compare.compare_models: denoiser R^2 against each network per sigma on 500 test digits, and the
+per-sample correlation r of final samples from the same initial noise (``--samples``, EDM's
+Heun sampler, 18 steps); each network's best-matching machine. Writes compare.json,
+matrix.md/png and the labelled samples grid into benchmarks/results/mimicry[-DATA].
+"""
+from __future__ import annotations
+
+import argparse
+
+from wavescore.experiments import run_mimicry
+
+MACHINES = [
+    dict(family="gaussian"),
+    dict(family="mixture", components=100),
+    # the CNN's class: shared local mixtures over circular pixel patches (3x3, 5x5)
+    dict(family="local-mixture", basis="pixel", components=64, radius=1),
+    dict(family="local-mixture", basis="pixel", components=16, radius=2),
+    dict(family="mixture+local-mixture"),
+    dict(family="cascade", components=16, radius=1),
+]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="mnist")
+    ap.add_argument("--nets", nargs="+", required=True, help="network checkpoints (.pt): the references")
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--els-train", type=int, default=0, help="training digits for ELS (0: no ELS row)")
+    ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
+    ap.add_argument("-o", "--output", default=None)
+    args = ap.parse_args()
+    configs = [c for c in MACHINES if args.only is None or c["family"] in args.only]
+    out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
+    run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples,
+                els={"train_subset": args.els_train} if args.els_train else None)
