@@ -12,17 +12,24 @@ matrix.md/png and the labelled samples grid into benchmarks/results/mimicry[-DAT
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from wavescore.experiments import run_mimicry
 
 MACHINES = [
     dict(family="gaussian"),
     dict(family="mixture", components=100),
-    # the CNN's class: shared local mixtures over circular pixel patches (3x3, 5x5)
+    # the CNN's class: shared local mixtures over circular pixel patches, 3x3 and 5x5, and the
+    # patch growing with sigma (radius 1..3 chosen per sigma on held-out digits, method.md §13)
     dict(family="local-mixture", basis="pixel", components=64, radius=1),
     dict(family="local-mixture", basis="pixel", components=16, radius=2),
+    dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
     dict(family="mixture+local-mixture"),
     dict(family="cascade", components=16, radius=1),
+    # the same two with their per-sigma weights chosen against a network's denoiser instead of
+    # the clean digits (kept only when that network is among --nets)
+    dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, calibrate_to="cnn-circular"),
+    dict(family="mixture+local-mixture", calibrate_to="unet"),
 ]
 
 
@@ -35,7 +42,9 @@ if __name__ == "__main__":
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
-    configs = [c for c in MACHINES if args.only is None or c["family"] in args.only]
+    nets = {Path(p).stem for p in args.nets}
+    configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
+               and c.get("calibrate_to", next(iter(nets))) in nets]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
     run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples,
                 els={"train_subset": args.els_train} if args.els_train else None)

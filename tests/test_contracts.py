@@ -271,16 +271,21 @@ def test_mimicry_runner(tmp_path):
 
     x = load_dataset("digits", "train")
     train("cnn", x[:64], epochs=1, out=tmp_path / "tinycnn.pt", arch_kwargs={"width": 8, "depth": 3}, progress=False)
-    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1),
+            dict(family="scheduled-local-mixture", radii=(1, 2), components=4, holdout=64, calibrate_to="tinycnn")]
     res = run_mimicry(cfgs, "digits", tmp_path / "out", nets=[str(tmp_path / "tinycnn.pt")], els={"train_subset": 50},
                       n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
     best = res["best_match"]["tinycnn"]
-    assert best["candidates"] == ["gaussian-P1", "local-mixture-pixel-K4-r1", "els"]
+    calibrated = "scheduled-local-mixture-pixel-K4-r1-2 calibrated to tinycnn"
+    assert best["candidates"] == ["gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els"]
     r = res["samples"]["correlation"]["tinycnn"]
     assert best["by_samples"]["median_r"] == max(r[c]["median"] for c in best["candidates"])
     on_disk = json.loads((tmp_path / "out" / "compare.json").read_text())
-    assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", "els"}
+    assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els"}
     assert (tmp_path / "out" / "samples.png").stat().st_size > 0 and (tmp_path / "out" / "matrix.md").exists()
+    with pytest.raises(WavescoreError, match="calibrate_to='unet' names no reference"):
+        run_mimicry([dict(cfgs[2], calibrate_to="unet")], "digits", tmp_path / "bad", nets=[str(tmp_path / "tinycnn.pt")],
+                    n_test=20, n_samples=0, progress=False)
     with pytest.raises(WavescoreError, match="two configurations make a machine named 'gaussian-P1'"):
         run_mimicry(cfgs[:1] * 2, "digits", tmp_path / "dup", nets=[str(tmp_path / "tinycnn.pt")], n_test=20,
                     n_samples=0, progress=False)

@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -29,19 +29,33 @@ def row_name(machine) -> str:
     return machine.name + ("-select" if getattr(machine, "select", False) else "")
 
 
-def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool = True) -> tuple[dict, dict]:
-    """``({name: fitted machine}, {name: fit seconds})`` for every configuration (``models.build_machine``)."""
+def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool = True,
+               references: Mapping[str, object] | None = None) -> tuple[dict, dict]:
+    """``({name: fitted machine}, {name: fit seconds})`` for every configuration (``models.build_machine``).
+
+    A configuration with ``calibrate_to="NAME"`` fits its (joined) machine's weights against the
+    denoiser of ``references[NAME]`` instead of the clean images (JoinedMachine.fit reference=,
+    method.md §13); its row is named "MACHINE calibrated to NAME"."""
     from .models import build_machine
 
     models, seconds = {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
+        cfg = dict(cfg)
+        target = cfg.pop("calibrate_to", None)
         m = build_machine(cfg)
-        if m.name in models:  # a dict would silently keep only the second
-            raise WavescoreError(f"two configurations make a machine named {m.name!r}: drop or change one")
-        m.fit(train, progress=progress)
-        models[m.name] = m
-        seconds[m.name] = time.perf_counter() - t0
+        name = m.name if target is None else f"{m.name} calibrated to {target}"
+        if name in models:  # a dict would silently keep only the second
+            raise WavescoreError(f"two configurations make a machine named {name!r}: drop or change one")
+        if target is None:
+            m.fit(train, progress=progress)
+        elif target not in (references or {}):
+            raise WavescoreError(f"calibrate_to={target!r} names no reference (have: {', '.join(references or {})}):"
+                                 " give its checkpoint among the networks")
+        else:
+            m.fit(train, progress=progress, reference=references[target])
+        models[name] = m
+        seconds[name] = time.perf_counter() - t0
     return models, seconds
 
 
@@ -259,7 +273,8 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
                 sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, progress: bool = True) -> dict:
     """The machine x network matrix (issue 16): fit every configuration on ``data``'s training
     split, load every network checkpoint in ``nets`` (the references), optionally add ELS
-    (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``) as a candidate, and run
+    (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``) as a candidate (a
+    configuration may say ``calibrate_to="NET"``: see :func:`fit_models`), and run
     ``compare.compare_models`` once over all of them: denoiser R^2 per sigma on ``n_test`` test
     images, final-sample r over ``n_samples`` shared initial noises (Heun, ``steps``). Writes
     compare.json, matrix.md/png and the labelled samples grid into ``out`` (compare.write_outputs)
@@ -271,19 +286,23 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
 
     train = load_dataset(data, "train")
     test = load_dataset(data, "test", limit=n_test)
-    models, fit_seconds = fit_models(configs, train, progress=progress)
+    nets_by_name = {}
+    for path in nets:
+        name = Path(path).stem
+        if name in nets_by_name:
+            raise WavescoreError(f"two network checkpoints are named {name!r}: rename one")
+        nets_by_name[name] = load_network(path)
+    models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name)
     if els is not None:
         t0 = time.perf_counter()
         models["els"] = ELSDenoiser(train, **els)
         fit_seconds["els"] = time.perf_counter() - t0
-    refs = []
-    for path in nets:
-        name = Path(path).stem
+    for name, net in nets_by_name.items():
         if name in models:
-            raise WavescoreError(f"network {path} is named {name!r} like a model already in the comparison: "
+            raise WavescoreError(f"network {name!r} is named like a model already in the comparison: "
                                  "rename the checkpoint")
-        models[name] = load_network(path)
-        refs.append(name)
+        models[name] = net
+    refs = list(nets_by_name)
     kinds = {**{r: "network" for r in refs}, **({"els": "els"} if els is not None else {})}
     result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
                             steps=steps, kinds=kinds, progress=progress)
