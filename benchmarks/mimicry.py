@@ -38,6 +38,7 @@ if __name__ == "__main__":
     ap.add_argument("--data", default="mnist")
     ap.add_argument("--nets", nargs="+", required=True, help="network checkpoints (.pt): the references")
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--n-test", type=int, default=500, help="test (and training) digits for the denoiser R^2")
     ap.add_argument("--els-train", type=int, default=0, help="training digits for ELS (0: no ELS row)")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("-o", "--output", default=None)
@@ -46,5 +47,5 @@ if __name__ == "__main__":
     configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
                and c.get("calibrate_to", next(iter(nets))) in nets]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
-    run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples,
+    run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples, n_test=args.n_test,
                 els={"train_subset": args.els_train} if args.els_train else None)
