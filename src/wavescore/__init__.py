@@ -21,6 +21,8 @@ _LAZY = {
     "Denoiser": "denoiser",
     "make_machine": "presets",
     "PRESETS": "presets",
+    "load_network": "networks",
+    "load_model": "models",
 }
 
 __all__ = ["WavescoreError", *_LAZY]
