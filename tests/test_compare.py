@@ -197,3 +197,80 @@ def test_cli_writes_the_matrix_heatmap_and_grid(tmp_path, capsys):
     res2 = json.loads((out2 / "compare.json").read_text())
     assert "samples" not in res2 and "samples" not in res2["outputs"] and not (out2 / "samples.png").exists()
     assert res2["best_match"]["empirical"]["by_samples"] is None
+
+
+# ------------------------------------------------------------------ where the best match misses (issue 16)
+from wavescore.compare import write_outputs
+from wavescore.transform import WaveletTransform
+
+
+def test_residual_shares_sum_to_one_and_deficits_to_one_minus_r2(digits_models):
+    train, test, g, loc = digits_models
+    net = _Stub([(0.7, loc), (0.3, g)])
+    sig = [0.1, 0.5, 2.0]
+    res = compare_models({"g": g, "loc": loc, "net": net}, ["net"], train[:40], test[:60], sig, progress=False)
+    split = res["residual_by_band"]["net"]
+    best = res["best_match"]["net"]["by_denoiser_r2"]["model"]
+    assert split["model"] == best and split["bands"] == ["L1", "L2", "L3", "a3"]  # 8x8: three Haar levels
+    r2s = res["r2"]["net"][best]["denoiser"]
+    for k in range(len(sig)):
+        assert sum(split["share"][k]) == pytest.approx(1.0, abs=1e-12)
+        assert all(v >= 0 for v in split["share"][k])
+        assert sum(split["deficit"][k]) == pytest.approx(1 - r2s[k], abs=1e-12)
+        assert split["deficit"][k] == pytest.approx([v * (1 - r2s[k]) for v in split["share"][k]], abs=1e-12)
+
+
+class _Shrink:
+    """The linear shrinkage x / (1 + s^2): a cheap machine for the constructed case."""
+
+    kind_ = "machine"
+
+    def denoise(self, x, sigma):
+        return x.double() / (1 + sigma**2)
+
+
+class _Plus:
+    """A "network": another model's output plus a fixed image."""
+
+    kind_ = "network"
+
+    def __init__(self, model, image):
+        self.model, self.image = model, image
+
+    def denoise(self, x, sigma):
+        return self.model.denoise(x, sigma).double() + self.image
+
+
+def test_a_residual_in_the_finest_band_is_reported_there(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 1, 8, 8, generator=g, dtype=torch.float64)
+    tr = WaveletTransform((1, 8, 8), "haar")
+    w = torch.zeros(1, tr.size, dtype=torch.float64)
+    for o in "hvd":  # coefficients only in level 1 (the finest details)
+        b = tr.layout.band(1, o)
+        w[:, b.start : b.stop] = torch.randn(1, b.size, generator=g, dtype=torch.float64)
+    machine = _Shrink()
+    res = compare_models({"shrink": machine, "net": _Plus(machine, tr.inverse(w))}, ["net"], x, x, [0.2, 1.0],
+                         progress=False)
+    split = res["residual_by_band"]["net"]
+    assert split["model"] == "shrink"
+    for row in split["share"]:
+        assert row[0] == pytest.approx(1.0, abs=1e-10) and sum(row[1:]) == pytest.approx(0.0, abs=1e-10)
+    # the JSON keys and the markdown table, as written
+    paths = write_outputs(res, None, tmp_path)
+    saved = json.loads(paths["json"].read_text())["residual_by_band"]["net"]
+    assert set(saved) >= {"model", "bands", "share", "deficit"} and saved["bands"] == ["L1", "L2", "L3", "a3"]
+    md = paths["matrix_md"].read_text()
+    assert "### Where shrink misses net: denoiser R² deficit per haar wavelet band" in md
+    assert "| σ | L1 | L2 | L3 | a3 | 1 − R² |" in md
+    d = split["deficit"][1]
+    assert f"| 1 | {d[0]:.3f} | {d[1]:.3f} | {d[2]:.3f} | {d[3]:.3f} | {1 - res['r2']['net']['shrink']['denoiser'][1]:.3f} |" in md
+    assert "largest R² deficit of shrink:" in md and "in L1" in md
+
+
+def test_no_candidate_no_split():
+    x = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = compare_models({"a": _Plus(_Shrink(), 0.0), "b": _Plus(_Shrink(), 0.1)}, ["a"], x, x, [0.5],
+                         progress=False)
+    assert res["residual_by_band"] == {"a": None}
+    assert "Where" not in matrix_markdown(res)

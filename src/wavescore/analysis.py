@@ -1,7 +1,9 @@
 """Where the score lives: which subbands, moments and dependencies matter at each noise level.
 
 - :func:`subband_errors`: the denoising MSE split exactly over levels and orientations
-  (``||D - x||^2 = sum_bands ||W(D - x)|_band||^2``, since W is orthonormal; method.md §7).
+  (``||D - x||^2 = sum_bands ||W(D - x)|_band||^2``, since W is orthonormal; method.md §7);
+  :func:`band_energies` is that split of any error (``compare`` uses it for the residual
+  between a machine and the network it mimics).
 - :func:`shapley_groups`: exact Shapley values of feature groups (orientation partners,
   same-scale neighbours, parents, higher-order moments) for the reduction in test MSE. Each
   coalition is a sub-family of one fitted machine (:meth:`ScoreMachine.restrict`): a smaller
@@ -24,11 +26,29 @@ from .evaluation import noise_for
 GROUPS = ("orientation", "neighbour", "parent", "nonlinear")
 
 
+def band_energies(err: torch.Tensor, transform, *, by_level: bool = False) -> tuple[list[str], torch.Tensor]:
+    """The squared norm of ``err`` (N, C, H, W) summed over images, split over wavelet bands:
+    ``||err||^2 = sum_bands ||W err|_band||^2`` exactly, W being orthonormal (method.md §7).
+
+    Returns (labels, float64 energies). Per band (``by_level=False``): the layout's bands,
+    coarse to fine (``a3, h3, v3, d3, ..., d1``). Per level (``by_level=True``): the three
+    orientations of each level together, fine to coarse, then the approximation
+    (``L1, ..., LJ, aJ``)."""
+    e = transform.forward(err.double()) ** 2
+    lay = transform.layout
+    per_band = {b.name: e[:, b.start : b.stop].sum() for b in lay.bands}
+    if not by_level:
+        return list(per_band), torch.stack(list(per_band.values()))
+    levels = range(1, lay.levels + 1)
+    labels = [f"L{j}" for j in levels] + [f"a{lay.levels}"]
+    parts = [sum(per_band[f"{o}{j}"] for o in "hvd") for j in levels] + [per_band[f"a{lay.levels}"]]
+    return labels, torch.stack(parts)
+
+
 def subband_errors(model, x: torch.Tensor, sigmas: Sequence[float], transform, *, seed: int = 0,
                    batch: int = 500) -> dict:
     """Per sigma, the MSE per pixel contributed by each band (rows sum to the total MSE)."""
-    lay = transform.layout
-    names = [b.name for b in lay.bands]
+    names = [b.name for b in transform.layout.bands]
     x = x.double()
     rows = []
     for k, s in enumerate(sigmas):
@@ -36,8 +56,7 @@ def subband_errors(model, x: torch.Tensor, sigmas: Sequence[float], transform, *
         acc = torch.zeros(len(names), dtype=torch.float64)
         for b in range(0, len(x), batch):
             err = model.denoise(x[b : b + batch] + s * z[b : b + batch], s).double() - x[b : b + batch]
-            e = transform.forward(err) ** 2
-            acc += torch.stack([e[:, band.start : band.stop].sum() for band in lay.bands])
+            acc += band_energies(err, transform)[1]
         rows.append((acc / x.numel()).tolist())
     return {"sigmas": list(map(float, sigmas)), "bands": names, "mse": rows}
 

@@ -22,6 +22,14 @@ The machine x network matrix: rows are models, columns references; each referenc
 matching machine is named by median final-sample r (when samples were drawn) and by mean
 denoiser R^2 over sigmas. Candidates are the models that are not references and not networks
 (``kind_``), so a network's best match is a machine (or ELS / empirical), never a network.
+
+Where the best match (by denoiser R^2) misses: per sigma, its residual against the reference
+split over Haar wavelet levels. The transform is orthonormal, so the energies add exactly
+(method.md §7) and so does the R^2 deficit,
+
+    1 - R^2 = ||f_machine - f_ref||^2 / SS_ref = sum_bands ||W(f_machine - f_ref)|_band||^2 / SS_ref,
+
+which says at which noise level and at which scale the machine falls short of the network.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import numpy as np
 import torch
 
 from .evaluation import noise_for
+from .transform import WaveletTransform, max_levels
 
 
 def r2(pred: torch.Tensor, ref: torch.Tensor) -> float:
@@ -117,7 +126,8 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
 
     Keys: sigmas, seed, n_train, n_test, references, kinds (name -> machine / network /
     empirical / els), models (name -> mse_train, mse_test per sigma), r2 (reference -> model ->
-    denoiser, score per sigma), best_match (see ``best_matches``), and with samples: samples
+    denoiser, score per sigma), best_match (see ``best_matches``), residual_by_band (see
+    ``residuals_by_band``), and with samples: samples
     (n, steps, sampler, diverged: name -> reason, correlation: reference -> model -> mean,
     mean_squared, median, q25, q75, r)."""
     from ._io import WavescoreError, progress_bar
@@ -180,7 +190,43 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
                                                                                                   finals[ref]))
         result["_finals"] = finals
     result["best_match"] = best_matches(result)
+    result["residual_by_band"] = residuals_by_band(result, test_out, tuple(test.shape[1:]))
     return result
+
+
+def residuals_by_band(result: dict, test_out: Mapping[str, Sequence[torch.Tensor]], shape) -> dict:
+    """Per reference, where its best match by mean denoiser R^2 misses it, from the denoiser
+    outputs on the test images already computed (``test_out``: name -> per sigma; no new
+    denoiser calls): the squared residual ``||D_machine - D_ref||^2`` per sigma split over the
+    levels of a full-depth Haar transform (the machines' default depth).
+
+    reference -> {model, wavelet, bands (``L1``..``LJ`` fine to coarse, each level's three
+    orientations together, then the approximation ``aJ``), share (per sigma, the residual's
+    fraction in each band; sums to 1, NaN where the residual is exactly zero), deficit (per
+    sigma, share x (1 - R^2) = band energy / SS_ref; sums to 1 - R^2 of the pair)}; None where
+    the reference has no best match or the images take no wavelet level (an odd side)."""
+    from .analysis import band_energies
+
+    # Only (C, H, W) images with an even side pair take a level; anything else gets no split
+    # rather than an error, since the rest of the comparison does not need one.
+    transform = (WaveletTransform(shape, "haar") if len(shape) == 3 and max_levels(shape[1], shape[2]) else None)
+    out = {}
+    for ref, best in result["best_match"].items():
+        best = best["by_denoiser_r2"]
+        if best is None or transform is None:
+            out[ref] = None
+            continue
+        name, share, deficit = best["model"], [], []
+        for k in range(len(result["sigmas"])):
+            target = test_out[ref][k].double()
+            labels, e = band_energies(test_out[name][k].double() - target, transform, by_level=True)
+            # the R^2 denominator (module docstring): the reference's spread about its mean image
+            ss = ((target - target.mean(0, keepdim=True)) ** 2).sum()
+            total = e.sum()
+            share.append((e / total).tolist() if total > 0 else [float("nan")] * len(labels))
+            deficit.append((e / ss).tolist() if ss > 0 else [float("nan")] * len(labels))
+        out[ref] = {"model": name, "wavelet": "haar", "bands": labels, "share": share, "deficit": deficit}
+    return out
 
 
 def ordered_names(kinds: Mapping[str, str]) -> list[str]:
@@ -218,6 +264,14 @@ def matrix_tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows.append([name, *(["ref"] * (len(sig) + 1) if v is None else
                                  [_fmt(x) for x in v["denoiser"]] + [_fmt(_finite_mean(v["denoiser"]))])])
         tables.append((f"Denoiser R² against {ref} per sigma", ["model", *(f"σ={s:g}" for s in sig), "mean"], rows))
+    for ref, res in (result.get("residual_by_band") or {}).items():
+        if res is None:
+            continue
+        r2s = result["r2"][ref][res["model"]]["denoiser"]
+        rows = [[f"{s:g}", *(_fmt(x) for x in d), _fmt(1 - r)] for s, d, r in zip(sig, res["deficit"], r2s)]
+        tables.append((f"Where {res['model']} misses {ref}: denoiser R² deficit per {res['wavelet']} wavelet band "
+                       f"(L1 finest, {res['bands'][-1]} the coarse approximation; the row sums to 1 − R²)",
+                       ["σ", *res["bands"], "1 − R²"], rows))
     return tables
 
 
@@ -230,9 +284,24 @@ def _best_lines(result: dict) -> list[str]:
             parts.append(f"by median final-sample r: {by_s['model']} ({_fmt(by_s['median_r'])})")
         if by_r:
             parts.append(f"by mean denoiser R²: {by_r['model']} ({_fmt(by_r['mean_r2'])})")
+        where = _largest_deficit((result.get("residual_by_band") or {}).get(ref), result["sigmas"])
+        if where:
+            parts.append(where)
         lines.append(f"best match for {ref}: " + ("; ".join(parts) if parts else "no candidate (every model is a "
                                                                                  "reference or a network)"))
     return lines
+
+
+def _largest_deficit(res: dict | None, sigmas) -> str:
+    """The (sigma, band) cell holding the largest share of the R² deficit, in words; "" if none."""
+    if not res:
+        return ""
+    cells = [(v, s, b) for s, row in zip(sigmas, res["deficit"]) for b, v in zip(res["bands"], row)
+             if v is not None and math.isfinite(v) and v > 0]
+    if not cells:
+        return ""
+    v, s, b = max(cells)
+    return f"largest R² deficit of {res['model']}: {_fmt(v)} at σ={s:g} in {b}"
 
 
 def matrix_markdown(result: dict) -> str:
