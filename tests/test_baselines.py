@@ -23,8 +23,10 @@ def _brute_empirical(train, x, sigma):
     return (w @ t).reshape(x.shape)
 
 
-def _brute_els(train, x, sigma, p, wrap="periodic", pad_value=-1.0):
-    """Every patch at every position by explicit rolls/pads, full softmax per output pixel."""
+def _brute_els(train, x, sigma, p, wrap="periodic", pad_value=-1.0, max_shift=None):
+    """Every patch at every position by explicit rolls/pads, full softmax per output pixel;
+    with max_shift = k only training patches centred within k pixels per axis (cyclic distance
+    when periodic) of the output pixel (k = 0: the local score machine, position by position)."""
     r = p // 2
     n, c, h, w = train.shape
 
@@ -44,8 +46,16 @@ def _brute_els(train, x, sigma, p, wrap="periodic", pad_value=-1.0):
     res = torch.empty(x.shape, dtype=torch.float64)
     for i, img in enumerate(x.double()):
         q = patches(img).reshape(h * w, -1)
-        wgt = torch.softmax(-((q[:, None] - keys[None]) ** 2).sum(-1) / (2 * sigma**2), dim=1)
-        res[i] = (wgt @ centre).T.reshape(c, h, w)
+        logits = -((q[:, None] - keys[None]) ** 2).sum(-1) / (2 * sigma**2)
+        if max_shift is not None:
+            yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            dy = (yy.reshape(-1, 1) - yy.reshape(1, -1)).abs()
+            dx = (xx.reshape(-1, 1) - xx.reshape(1, -1)).abs()
+            if wrap == "periodic":
+                dy, dx = torch.minimum(dy, h - dy), torch.minimum(dx, w - dx)
+            far = ((dy > max_shift) | (dx > max_shift)).repeat(1, n)  # keys are ordered (n, y, x)
+            logits = logits.masked_fill(far, -torch.inf)
+        res[i] = (torch.softmax(logits, dim=1) @ centre).T.reshape(c, h, w)
     return res
 
 
@@ -235,6 +245,66 @@ def test_els_box_float32():
     d32 = ELSDenoiser(train.float(), patch_size=5, method="box", dtype=torch.float32).denoise(x.float(), 0.5)
     assert d32.dtype == torch.float32
     assert (d32.double() - d64).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 6, 7)])
+def test_els_max_shift_matches_brute_force(wrap, shape):
+    """max_shift = k keeps the training patches centred within k pixels (per axis) of each
+    output pixel: k = 0 is the local score machine, position by position; blocks that split
+    the displacements (chunk_size 5, 3 images per block) change nothing."""
+    train, x = _rand_images(9, *shape, seed=21), _rand_images(2, *shape, seed=22)
+    for k in (0, 1, 2):
+        for patch, sigma in ((3, 0.3), (5, 0.8), (1, 0.5)):
+            ref = _brute_els(train, x, sigma, patch, wrap, max_shift=k)
+            for cs in (8192, 5, 100):
+                ours = ELSDenoiser(train, patch_size=patch, wrap=wrap, max_shift=k, chunk_size=cs).denoise(x, sigma)
+                assert torch.allclose(ours, ref, atol=1e-10, rtol=0), (k, patch, cs)
+
+
+@pytest.mark.parametrize("wrap", ["periodic", "pad"])
+def test_els_max_shift_large_is_els(wrap):
+    """A max_shift that reaches every position is ELS exactly (periodic: 2k + 1 >= the side;
+    pad: k >= side - 1), and max_shift=None (default) is the unrestricted machine."""
+    train, x = _rand_images(10, 1, 8, 7, seed=23), _rand_images(2, 1, 8, 7, seed=24)
+    for patch in (3, 5):
+        els = ELSDenoiser(train, patch_size=patch, wrap=wrap, method="box").denoise(x, 0.4)
+        assert torch.allclose(els, _brute_els(train, x, 0.4, patch, wrap), atol=1e-10, rtol=0)
+        for k in ((4, 7, 20) if wrap == "periodic" else (7, 20)):
+            far = ELSDenoiser(train, patch_size=patch, wrap=wrap, max_shift=k).denoise(x, 0.4)
+            assert torch.allclose(far, els, atol=1e-12, rtol=0), k
+        # A shift that misses positions differs.
+        near = ELSDenoiser(train, patch_size=patch, wrap=wrap, max_shift=2)
+        assert not torch.allclose(near.denoise(x, 0.4), els, atol=1e-6, rtol=0)
+
+
+def test_els_nearest_images():
+    """nearest_images = M: each test image against its own M training images nearest in
+    whole-image distance, on both paths; M >= the training set is plain ELS."""
+    train, x = _rand_images(12, 1, 8, 8, seed=25), _rand_images(3, 1, 8, 8, seed=26)
+    d2 = ((x[:, None] - train[None]) ** 2).flatten(2).sum(-1)
+    for method in ("box", "unfold"):
+        ours = ELSDenoiser(train, patch_size=3, nearest_images=4, method=method).denoise(x, 0.3)
+        for i in range(len(x)):
+            idx = torch.sort(torch.topk(d2[i], 4, largest=False).indices).values
+            ref = _brute_els(train[idx], x[i : i + 1], 0.3, 3)
+            assert torch.allclose(ours[i : i + 1], ref, atol=1e-10, rtol=0)
+    both = ELSDenoiser(train, patch_size=3, nearest_images=4, max_shift=1).denoise(x, 0.3)
+    idx = torch.sort(torch.topk(d2[0], 4, largest=False).indices).values
+    assert torch.allclose(both[:1], _brute_els(train[idx], x[:1], 0.3, 3, max_shift=1), atol=1e-10, rtol=0)
+    full = ELSDenoiser(train, patch_size=3).denoise(x, 0.3)
+    assert torch.allclose(ELSDenoiser(train, patch_size=3, nearest_images=12).denoise(x, 0.3), full, atol=1e-12)
+
+
+def test_els_option_errors():
+    train = _rand_images(4, 1, 6, 6, seed=27)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(WavescoreError, match="max_shift"):
+            ELSDenoiser(train, max_shift=bad)
+    with pytest.raises(WavescoreError, match="method='box'"):
+        ELSDenoiser(train, max_shift=1, method="unfold")
+    with pytest.raises(WavescoreError):
+        ELSDenoiser(train, nearest_images=0)
 
 
 def test_els_method_and_train_subset():
