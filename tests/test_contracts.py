@@ -134,7 +134,8 @@ def test_the_core_imports_no_experiment_reference_or_cli_module():
 
     src = Path(wavescore.__file__).parent
     core = ["transform", "neighbourhoods", "features", "moments", "_gram", "solver", "machine", "gates", "presets",
-            "fitting", "denoiser", "_checks", "_io", "gate_moments"]
+            "fitting", "denoiser", "_checks", "_io", "gate_moments", "joint", "mixture", "local_mixture", "joined",
+            "cascade"]
     outer = {"evaluation", "compare", "analysis", "report", "quality", "profiling", "distributed", "samplers", "plots",
              "cli", "baselines", "networks", "diffusers_ref", "datasets", "models"}
     for name in core:

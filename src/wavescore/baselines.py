@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ._io import WavescoreError, progress_bar
-from .denoiser import Denoiser, check_images, check_sigma
+from .denoiser import Denoiser, check_images, check_reference, check_sigma, reference_name, reference_output
 from .fitting import noise_for
 
-__all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule", "PatchSchedule", "calibrate_els_schedule",
-           "check_reference"]
+__all__ = ["EmpiricalDenoiser", "ELSDenoiser", "mnist_patch_schedule", "PatchSchedule", "calibrate_els_schedule"]
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -567,38 +566,6 @@ class ELSDenoiser(Denoiser):
 
 
 # ---------------------------------------------------------------------------------- calibration
-def check_reference(reference, what: str = "reference"):
-    """``reference`` if it has a ``denoise(x, sigma)`` method; else one WavescoreError."""
-    if not callable(getattr(reference, "denoise", None)):
-        raise WavescoreError(f"{what} must have a denoise(x, sigma) method (a fitted machine, a loaded network, an "
-                             f"ELSDenoiser...), got {type(reference).__name__}: pass such a model, e.g. "
-                             "wavescore.models.load_model(path)[1]")
-    return reference
-
-
-def reference_name(reference) -> str:
-    """What a calibration was against, for the record: the model's ``name`` if it has a string
-    one (fitted machines do), else its class name. The reference itself is never saved."""
-    try:
-        name = getattr(reference, "name", None)
-    except Exception:  # an unfitted model's name property may need its fit
-        name = None
-    return name if isinstance(name, str) and name else type(reference).__name__
-
-
-def reference_output(reference, y: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The reference's denoiser output on ``y`` (float64), checked to be an image of y's shape."""
-    out = reference.denoise(y, sigma)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(y.shape):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise WavescoreError(f"the reference's denoise returned {got} for images of shape {tuple(y.shape)}: "
-                             "pass a reference for images of this shape")
-    out = out.detach().cpu().to(torch.float64)
-    if not torch.isfinite(out).all():
-        raise WavescoreError(f"the reference's denoise output at sigma {sigma} is not finite: check the reference")
-    return out
-
-
 def _odd_sizes(sizes) -> tuple[int, ...]:
     try:
         sizes = tuple(sizes)

@@ -37,8 +37,7 @@ import torch
 
 from . import _checks as checks
 from ._io import WavescoreError, progress_bar
-from .baselines import check_reference, reference_name, reference_output
-from .denoiser import Denoiser, check_images
+from .denoiser import Denoiser, check_images, check_reference, reference_name, reference_output
 from .fitting import Estimator, noise_for
 from .machine import WaveletScore
 from .transform import WaveletTransform
