@@ -44,10 +44,16 @@ from .evaluation import noise_for
 from .transform import WaveletTransform, max_levels
 
 
+def spread(ref: torch.Tensor) -> torch.Tensor:
+    """The R^2 denominator: the squared spread of the reference's outputs about their mean image."""
+    ref = ref.reshape(len(ref), -1).double()
+    return ((ref - ref.mean(0, keepdim=True)) ** 2).sum()
+
+
 def r2(pred: torch.Tensor, ref: torch.Tensor) -> float:
     """1 - SSE / SS of the reference about its mean over images (a mean-only baseline)."""
     pred, ref = pred.reshape(len(pred), -1).double(), ref.reshape(len(ref), -1).double()
-    ss = ((ref - ref.mean(0, keepdim=True)) ** 2).sum()
+    ss = spread(ref)
     return float(1 - ((pred - ref) ** 2).sum() / ss) if ss > 0 else float("nan")
 
 
@@ -220,8 +226,7 @@ def residuals_by_band(result: dict, test_out: Mapping[str, Sequence[torch.Tensor
         for k in range(len(result["sigmas"])):
             target = test_out[ref][k].double()
             labels, e = band_energies(test_out[name][k].double() - target, transform, by_level=True)
-            # the R^2 denominator (module docstring): the reference's spread about its mean image
-            ss = ((target - target.mean(0, keepdim=True)) ** 2).sum()
+            ss = spread(target)
             total = e.sum()
             share.append((e / total).tolist() if total > 0 else [float("nan")] * len(labels))
             deficit.append((e / ss).tolist() if ss > 0 else [float("nan")] * len(labels))
