@@ -40,12 +40,21 @@ if __name__ == "__main__":
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=500, help="test (and training) digits for the denoiser R^2")
     ap.add_argument("--els-train", type=int, default=0, help="training digits for ELS (0: no ELS row)")
+    ap.add_argument("--els-max-shift", type=int, default=None, help="ELSDenoiser max_shift (default: exact ELS)")
+    ap.add_argument("--els-nearest", type=int, default=None, help="ELSDenoiser nearest_images (default: all)")
+    ap.add_argument("--els-calibrate", nargs="*", default=[],
+                    help="networks (checkpoint stems) to calibrate an extra ELS row's patch schedule against")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     nets = {Path(p).stem for p in args.nets}
     configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
                and c.get("calibrate_to", next(iter(nets))) in nets]
+    els = []
+    if args.els_train:
+        base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
+        base = {k: v for k, v in base.items() if v is not None}
+        els = [base] + [dict(base, calibrate_to=n) for n in args.els_calibrate]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
     run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples, n_test=args.n_test,
-                els={"train_subset": args.els_train} if args.els_train else None)
+                els=els)

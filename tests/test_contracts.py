@@ -274,19 +274,34 @@ def test_mimicry_runner(tmp_path):
     train("cnn", x[:64], epochs=1, out=tmp_path / "tinycnn.pt", arch_kwargs={"width": 8, "depth": 3}, progress=False)
     cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1),
             dict(family="scheduled-local-mixture", radii=(1, 2), components=4, holdout=64, calibrate_to="tinycnn")]
-    res = run_mimicry(cfgs, "digits", tmp_path / "out", nets=[str(tmp_path / "tinycnn.pt")], els={"train_subset": 50},
-                      n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
+    els = [{"train_subset": 50}, {"train_subset": 50, "max_shift": 1, "calibrate_to": "tinycnn"}]
+    res = run_mimicry(cfgs, "digits", tmp_path / "out", nets=[str(tmp_path / "tinycnn.pt")], els=els,
+                      n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), calibration_images=4, progress=False)
     best = res["best_match"]["tinycnn"]
     calibrated = "scheduled-local-mixture-pixel-K4-r1-2 calibrated to tinycnn"
-    assert best["candidates"] == ["gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els"]
+    assert best["candidates"] == ["gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els",
+                                  "els calibrated to tinycnn"]
+    # the calibrated ELS row's schedule is the one calibrate_els_schedule picks on the held-out images
+    from wavescore.baselines import calibrate_els_schedule
+    from wavescore.networks import load_network
+
+    sched = calibrate_els_schedule(x[:-4], load_network(tmp_path / "tinycnn.pt"), x[-4:], (0.1, 1.0),
+                                   train_subset=50, max_shift=1)
+    assert res["els_schedules"]["els calibrated to tinycnn"]["sizes"] == list(sched.sizes)
+    assert res["els_schedules"]["els calibrated to tinycnn"]["reference"] == "tinycnn"
     r = res["samples"]["correlation"]["tinycnn"]
     assert best["by_samples"]["median_r"] == max(r[c]["median"] for c in best["candidates"])
     on_disk = json.loads((tmp_path / "out" / "compare.json").read_text())
-    assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els"}
+    assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els",
+                                             "els calibrated to tinycnn"}
+    assert on_disk["kinds"]["els calibrated to tinycnn"] == "els"
     assert (tmp_path / "out" / "samples.png").stat().st_size > 0 and (tmp_path / "out" / "matrix.md").exists()
     with pytest.raises(WavescoreError, match="calibrate_to='unet' names no reference"):
         run_mimicry([dict(cfgs[2], calibrate_to="unet")], "digits", tmp_path / "bad", nets=[str(tmp_path / "tinycnn.pt")],
                     n_test=20, n_samples=0, progress=False)
+    with pytest.raises(WavescoreError, match="ELS calibrate_to='unet' names no reference"):
+        run_mimicry(cfgs[:1], "digits", tmp_path / "bad2", nets=[str(tmp_path / "tinycnn.pt")],
+                    els=[{"train_subset": 50, "calibrate_to": "unet"}], n_test=20, n_samples=0, progress=False)
     with pytest.raises(WavescoreError, match="two configurations make a machine named 'gaussian-P1'"):
         run_mimicry(cfgs[:1] * 2, "digits", tmp_path / "dup", nets=[str(tmp_path / "tinycnn.pt")], n_test=20,
                     n_samples=0, progress=False)

@@ -269,17 +269,21 @@ def samples_table(result: dict) -> str:
 
 
 def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Sequence[str] = (),
-                els: dict | None = None, n_test: int = 500, n_samples: int = 200, steps: int = 18,
-                sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, progress: bool = True) -> dict:
+                els: dict | Sequence[dict] | None = None, n_test: int = 500, n_samples: int = 200, steps: int = 18,
+                sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, calibration_images: int = 16,
+                progress: bool = True) -> dict:
     """The machine x network matrix (issue 16): fit every configuration on ``data``'s training
     split, load every network checkpoint in ``nets`` (the references), optionally add ELS
-    (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``) as a candidate (a
-    configuration may say ``calibrate_to="NET"``: see :func:`fit_models`), and run
+    (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``, or a list of them) as
+    candidates (a configuration may say ``calibrate_to="NET"``: see :func:`fit_models`; an ELS
+    option set may too, and then its patch size per sigma is the one nearest NET's denoiser,
+    ``baselines.calibrate_els_schedule`` on the last ``calibration_images`` training images, which
+    that ELS then leaves out of its training set; named "els calibrated to NET"), and run
     ``compare.compare_models`` once over all of them: denoiser R^2 per sigma on ``n_test`` test
     images, final-sample r over ``n_samples`` shared initial noises (Heun, ``steps``). Writes
     compare.json, matrix.md/png and the labelled samples grid into ``out`` (compare.write_outputs)
     with the fit seconds and the command. Returns the result dict."""
-    from .baselines import ELSDenoiser
+    from .baselines import ELSDenoiser, calibrate_els_schedule
     from .compare import compare_models, write_outputs
     from .datasets import load_dataset
     from .networks import load_network
@@ -293,21 +297,42 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
             raise WavescoreError(f"two network checkpoints are named {name!r}: rename one")
         nets_by_name[name] = load_network(path)
     models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name)
-    if els is not None:
+    els = [] if els is None else [els] if isinstance(els, Mapping) else list(els)
+    els_kinds = {}
+    for opts in els:
         t0 = time.perf_counter()
-        models["els"] = ELSDenoiser(train, **els)
-        fit_seconds["els"] = time.perf_counter() - t0
+        opts = dict(opts)
+        target = opts.pop("calibrate_to", None)
+        name = "els" if target is None else f"els calibrated to {target}"
+        if name in models or name in els_kinds:
+            raise WavescoreError(f"two ELS option sets make a model named {name!r}: drop or change one")
+        if target is None:
+            models[name] = ELSDenoiser(train, **opts)
+        elif target not in nets_by_name:
+            raise WavescoreError(f"ELS calibrate_to={target!r} names no reference (have: {', '.join(nets_by_name)}):"
+                                 " give its checkpoint among the networks")
+        else:
+            held, rest = train[-calibration_images:], train[:-calibration_images]
+            sched = calibrate_els_schedule(rest, nets_by_name[target], held, sigmas, seed=seed, progress=progress,
+                                           **opts)
+            sched.reference = target  # the checkpoint's stem, as the row and the matrix name it
+            opts["patch_size"] = sched
+            models[name] = ELSDenoiser(rest, **opts)
+        els_kinds[name] = "els"
+        fit_seconds[name] = time.perf_counter() - t0
     for name, net in nets_by_name.items():
         if name in models:
             raise WavescoreError(f"network {name!r} is named like a model already in the comparison: "
                                  "rename the checkpoint")
         models[name] = net
     refs = list(nets_by_name)
-    kinds = {**{r: "network" for r in refs}, **({"els": "els"} if els is not None else {})}
+    kinds = {**{r: "network" for r in refs}, **els_kinds}
     result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
                             steps=steps, kinds=kinds, progress=progress)
     finals = result.pop("_finals", None)
-    result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs), els=els,
+    schedules = {n: models[n].patch_size.to_dict() for n in els_kinds if hasattr(models[n].patch_size, "to_dict")}
+    result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs),
+                  els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   nets=list(nets), fit_seconds=fit_seconds)
     write_outputs(result, finals, out)
     return result
