@@ -225,6 +225,39 @@ def test_resume_equals_uninterrupted(digits, tmp_path, arch, kw):
     assert again.epoch_ == 2 and torch.equal(again.denoise(x, 0.5), straight.denoise(x, 0.5))
 
 
+def test_validation_loss_and_plateau(digits, tmp_path):
+    """val_loss is the EDM loss on fixed draws (recomputed here by hand from the saved weights);
+    logging it changes nothing in the training; plateau= stops at the first epoch that improves
+    val_loss by less than the fraction, and a resumed plateaued run trains no further."""
+    common = dict(batch_size=32, lr=1e-3, seed=3, progress=False, arch_kwargs=TINY_CNN)
+    val = load_dataset("digits", "test", limit=40)
+    with_val = train("cnn", digits, epochs=2, out=tmp_path / "v.pt", validation=val, **common)
+    plain = train("cnn", digits, epochs=2, out=tmp_path / "p.pt", **common)
+    assert [h["loss"] for h in with_val.history_] == [h["loss"] for h in plain.history_]
+    gen = torch.Generator().manual_seed(3 + 1)
+    sg = torch.exp(-1.2 + 1.2 * torch.randn(len(val), generator=gen))
+    noise = torch.randn(val.shape, generator=gen)
+    w = (sg**2 + 0.25) / (sg * 0.5) ** 2
+    net = load_network(tmp_path / "v.pt")
+    with torch.no_grad():
+        den = net(val + sg.reshape(-1, 1, 1, 1) * noise, sg)
+    by_hand = float((w.reshape(-1, 1, 1, 1) * (den - val) ** 2).mean())
+    assert with_val.history_[-1]["val_loss"] == pytest.approx(by_hand, rel=1e-5)
+    # A threshold no epoch can meet stops after the second epoch of a 6-epoch budget ...
+    stopped = train("cnn", digits, epochs=6, out=tmp_path / "s.pt", validation=val, plateau=0.999, **common)
+    assert stopped.epoch_ == 2
+    again = train("cnn", digits, epochs=6, out=tmp_path / "s.pt", validation=val, plateau=0.999, **common)
+    assert again.epoch_ == 2
+    # ... and resuming a run logged without validation measures its last epoch first.
+    resumed = train("cnn", digits, epochs=3, out=tmp_path / "p.pt", validation=val, **common)
+    assert resumed.history_[1]["val_measured"] == "on resume" and "val_loss" in resumed.history_[2]
+    with pytest.raises(WavescoreError, match="pass validation="):
+        train("cnn", digits, epochs=1, out=tmp_path / "x.pt", plateau=0.01, **common)
+    with pytest.raises(WavescoreError, match="validation must be"):
+        train("cnn", digits, epochs=1, out=tmp_path / "x.pt", validation=val[:, :, :4], **common)
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_resume_refuses_other_config(digits, tmp_path):
     train("cnn", digits, epochs=1, out=tmp_path / "c.pt", progress=False, arch_kwargs=TINY_CNN)
     with pytest.raises(WavescoreError, match="different configuration"):

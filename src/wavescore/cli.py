@@ -617,11 +617,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
             del arch_kwargs["padding"]
     x = datasets.load_dataset(args.data, "train", limit=args.limit)
     t0 = time.perf_counter()
+    val = datasets.load_dataset(args.data, "test", limit=args.validate) if args.validate else None
     net = train(args.arch, x, epochs=args.epochs, out=out, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, max_minutes=args.max_minutes, arch_kwargs=arch_kwargs)
+                seed=args.seed, max_minutes=args.max_minutes, arch_kwargs=arch_kwargs, validation=val,
+                plateau=args.plateau)
     last = net.history_[-1] if net.history_ else {}
+    val = f", validation loss {last['val_loss']:.4f}" if "val_loss" in last else ""
     print(f"trained {args.arch} to epoch {net.epoch_} in {time.perf_counter() - t0:.0f}s "
-          f"(last epoch loss {last.get('loss', float('nan')):.4f}) -> {out}")
+          f"(last epoch loss {last.get('loss', float('nan')):.4f}{val}) -> {out}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -645,6 +648,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_whole(0), default=0)
     p.add_argument("--max-minutes", type=_real(above=0), default=None,
                    help="stop after the epoch that passes this budget")
+    p.add_argument("--validate", type=_whole(0), default=0,
+                   help="test-split images whose EDM loss (fixed draws) is logged after every epoch as val_loss "
+                        "(default 0: none)")
+    p.add_argument("--plateau", type=_real(above=0), default=None,
+                   help="with --validate: stop once an epoch lowers val_loss by less than this fraction (e.g. 0.01); "
+                        "--epochs stays the most")
     p.add_argument("-o", "--output", required=True, help="checkpoint (.pt); resumed if it exists")
     p.set_defaults(func=_cmd_train)
 

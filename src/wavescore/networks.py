@@ -544,7 +544,8 @@ def _diverged(out: Path, epoch: int, step: int, what: str, lr: float, kept: int)
 
 def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
           progress: bool = True, max_minutes: float | None = None, arch_kwargs: dict | None = None,
-          sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2) -> EDMDenoiser:
+          sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, validation=None,
+          plateau: float | None = None) -> EDMDenoiser:
     """Train ``arch`` ("cnn", "unet" or "transformer", constructor options in ``arch_kwargs``) on
     ``data`` (N, C, H, W) with the EDM loss, Adam(lr), for ``epochs`` epochs in total.
 
@@ -553,6 +554,13 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
     last completed epoch; a kill mid-epoch loses only that epoch. ``max_minutes`` stops after
     the epoch during which the budget ran out (call again to continue). Returns the model
     (eval mode) with ``epoch_``, ``history_`` and ``config_`` attributes.
+
+    ``validation`` (M, C, H, W) held-out images: after every epoch the same EDM loss on them, with
+    one sigma and noise per image drawn once from a fixed seed (so epochs compare exactly), goes
+    into the log as ``val_loss`` (and, on resuming a checkpoint whose last epoch lacks it, is
+    measured for that epoch first). ``plateau`` (needs ``validation``): stop once an epoch lowers
+    ``val_loss`` by less than this fraction of the previous epoch's (e.g. 0.01); ``epochs`` stays
+    the most. Neither is part of the configuration: a run resumes with or without them.
 
     Every argument is checked before any work and before ``out`` is read or written. A
     non-finite loss (or weights that turn non-finite) stops training with a WavescoreError
@@ -576,6 +584,20 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
     sigma_data = checks.real("sigma_data", sigma_data, above=0)
     p_mean = checks.real("p_mean", p_mean)
     p_std = checks.real("p_std", p_std, minimum=0)
+    if plateau is not None:
+        plateau = checks.real("plateau", plateau, above=0)
+        if validation is None:
+            raise WavescoreError("plateau= stops on the validation loss: pass validation= held-out images too")
+    if validation is not None:
+        if isinstance(validation, np.ndarray):
+            validation = torch.from_numpy(validation)
+        if (not isinstance(validation, torch.Tensor) or validation.dim() != 4 or len(validation) == 0
+                or tuple(validation.shape[1:]) != tuple(data.shape[1:])):
+            raise WavescoreError(f"validation must be non-empty images shaped like the data {tuple(data.shape[1:])}, got "
+                                 f"{tuple(validation.shape) if isinstance(validation, torch.Tensor) else type(validation).__name__}")
+        validation = validation.detach().cpu().float()
+        if not torch.isfinite(validation).all():
+            raise WavescoreError("validation contains NaN or infinite values: clean or drop those images")
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise WavescoreError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     arch_kwargs = _check_arch_kwargs(arch, arch_kwargs)
@@ -626,6 +648,32 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
                                  f"state: {_one_line(exc)}); delete it to start over") from None
         start, history = ckpt["epoch"], list(ckpt.get("history", []))
 
+    val_loss = None
+    if validation is not None:
+        vgen = torch.Generator().manual_seed(seed + 1)
+        v_sigma = torch.exp(p_mean + p_std * torch.randn(len(validation), generator=vgen))
+        v_noise = torch.randn(validation.shape, generator=vgen)
+
+        def val_loss() -> float:
+            # the training loss (Karras et al. 2022, eq. 8) on fixed draws, batched, without gradients
+            model.eval()
+            total = 0.0
+            with torch.no_grad():
+                for s in range(0, len(validation), 4 * batch_size):
+                    x0, sg = validation[s : s + 4 * batch_size], v_sigma[s : s + 4 * batch_size]
+                    w = (sg**2 + sigma_data**2) / (sg * sigma_data) ** 2
+                    den = model(x0 + sg.reshape(-1, 1, 1, 1) * v_noise[s : s + 4 * batch_size], sg)
+                    total += float((w.reshape(-1, 1, 1, 1) * (den - x0) ** 2).mean((1, 2, 3)).sum())
+            model.train()
+            return total / len(validation)
+
+        if history and "val_loss" not in history[-1]:
+            history[-1] = dict(history[-1], val_loss=val_loss(), val_measured="on resume")
+
+    def plateaued() -> bool:
+        v = [h.get("val_loss") for h in history[-2:]]
+        return plateau is not None and len(v) == 2 and None not in v and v[1] > (1 - plateau) * v[0]
+
     n = len(data)
     steps_per_epoch = math.ceil(n / batch_size)
     t0 = time.perf_counter()
@@ -637,6 +685,8 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
     model.train()
     try:
         for epoch in range(start, epochs):
+            if plateaued():  # checked first, so a resumed run that had plateaued trains no further
+                break
             t_epoch, total = time.perf_counter(), 0.0
             perm = torch.randperm(n, generator=gen)
             for step, s in enumerate(range(0, n, batch_size), 1):
@@ -661,6 +711,8 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
                 raise _diverged(out, epoch + 1, step, "the weights became non-finite", lr,
                                 history[-1]["epoch"] if history else 0)
             history.append({"epoch": epoch + 1, "loss": total / n, "seconds": time.perf_counter() - t_epoch})
+            if val_loss is not None:
+                history[-1]["val_loss"] = val_loss()
             ckpt = {"format": FORMAT, "version": FORMAT_VERSION, "config": config, "epoch": epoch + 1,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
                     "history": history}
