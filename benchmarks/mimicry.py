@@ -3,7 +3,9 @@
     python benchmarks/mimicry.py --nets benchmarks/checkpoints/cnn-circular.pt benchmarks/checkpoints/unet.pt benchmarks/checkpoints/transformer.pt
 
 Every machine below (fitted on the 60k training digits), ELS (``--els-train``
-training digits, its MNIST patch schedule) and the networks (the references) through
+training digits, its MNIST patch schedule, optionally ``--els-max-shift``/``--els-nearest``
+approximations, plus one row per ``--els-calibrate NET`` with the patch schedule calibrated to that
+network) and the networks (the references) through
 compare.compare_models: denoiser R^2 against each network per sigma on 500 test digits, and the
 per-sample correlation r of final samples from the same initial noise (``--samples``, EDM's
 Heun sampler, 18 steps); each network's best-matching machine. Writes compare.json,
@@ -15,9 +17,17 @@ import argparse
 from pathlib import Path
 
 from wavescore.experiments import run_mimicry
+from wavescore.joined import DEFAULT_PARTS
+
+# the joined machine's parts plus smoother global mixtures (K = 10, 30): an undertrained network's
+# denoiser at high sigma may sit between the Gaussian score and the K = 100 posterior mean
+WIDE_PARTS = [DEFAULT_PARTS[0], dict(family="mixture", components=10), dict(family="mixture", components=30),
+              *DEFAULT_PARTS[1:]]
 
 MACHINES = [
     dict(family="gaussian"),
+    dict(family="mixture", components=10),
+    dict(family="mixture", components=30),
     dict(family="mixture", components=100),
     # the CNN's class: shared local mixtures over circular pixel patches, 3x3 and 5x5, and the
     # patch growing with sigma (radius 1..3 chosen per sigma on held-out digits, method.md §13)
@@ -29,7 +39,9 @@ MACHINES = [
     # the same two with their per-sigma weights chosen against a network's denoiser instead of
     # the clean digits (kept only when that network is among --nets)
     dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, calibrate_to="cnn-circular"),
-    dict(family="mixture+local-mixture", calibrate_to="unet"),
+    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet"),
+    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet-plateau"),
+    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="transformer"),
 ]
 
 
@@ -45,11 +57,12 @@ if __name__ == "__main__":
     ap.add_argument("--els-calibrate", nargs="*", default=[],
                     help="networks (checkpoint stems) to calibrate an extra ELS row's patch schedule against")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
+    ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     nets = {Path(p).stem for p in args.nets}
     configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
-               and c.get("calibrate_to", next(iter(nets))) in nets]
+               and c.get("calibrate_to", next(iter(nets))) in nets and not (args.no_calibrated and "calibrate_to" in c)]
     els = []
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
