@@ -56,6 +56,8 @@ if __name__ == "__main__":
     ap.add_argument("--els-nearest", type=int, default=None, help="ELSDenoiser nearest_images (default: all)")
     ap.add_argument("--els-calibrate", nargs="*", default=[],
                     help="networks (checkpoint stems) to calibrate an extra ELS row's patch schedule against")
+    ap.add_argument("--no-els-plain", action="store_true",
+                    help="with --els-calibrate: only the calibrated ELS rows, not the one with the MNIST schedule")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
     ap.add_argument("-o", "--output", default=None)
@@ -67,7 +69,8 @@ if __name__ == "__main__":
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
         base = {k: v for k, v in base.items() if v is not None}
-        els = [base] + [dict(base, calibrate_to=n) for n in args.els_calibrate]
+        els = ([] if args.no_els_plain and args.els_calibrate else [base]) + \
+            [dict(base, calibrate_to=n) for n in args.els_calibrate]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
     run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples, n_test=args.n_test,
                 els=els)
