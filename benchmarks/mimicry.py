@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from wavescore.experiments import run_mimicry
 from wavescore.joined import DEFAULT_PARTS
 
@@ -54,6 +56,7 @@ if __name__ == "__main__":
     ap.add_argument("--els-train", type=int, default=0, help="training digits for ELS (0: no ELS row)")
     ap.add_argument("--els-max-shift", type=int, default=None, help="ELSDenoiser max_shift (default: exact ELS)")
     ap.add_argument("--els-nearest", type=int, default=None, help="ELSDenoiser nearest_images (default: all)")
+    ap.add_argument("--els-float32", action="store_true", help="ELS in float32 (a third faster; ~5e-5 from float64)")
     ap.add_argument("--els-calibrate", nargs="*", default=[],
                     help="networks (checkpoint stems) to calibrate an extra ELS row's patch schedule against")
     ap.add_argument("--no-els-plain", action="store_true",
@@ -69,6 +72,8 @@ if __name__ == "__main__":
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
         base = {k: v for k, v in base.items() if v is not None}
+        if args.els_float32:
+            base["dtype"] = torch.float32
         els = ([] if args.no_els_plain and args.els_calibrate else [base]) + \
             [dict(base, calibrate_to=n) for n in args.els_calibrate]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
