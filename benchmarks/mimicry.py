@@ -63,11 +63,16 @@ if __name__ == "__main__":
                     help="with --els-calibrate: only the calibrated ELS rows, not the one with the MNIST schedule")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
+    ap.add_argument("--calibrate", nargs="*", default=None,
+                    help="keep only the calibrated machines whose network is one of these (default: every network)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     nets = {Path(p).stem for p in args.nets}
+    keep_calibrated = nets if args.calibrate is None else nets & set(args.calibrate)
+    if args.no_calibrated:
+        keep_calibrated = set()
     configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
-               and c.get("calibrate_to", next(iter(nets))) in nets and not (args.no_calibrated and "calibrate_to" in c)]
+               and ("calibrate_to" not in c or c["calibrate_to"] in keep_calibrated)]
     els = []
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
