@@ -1,6 +1,5 @@
 """Analysis: exact error split, Shapley efficiency, interpretable pieces."""
 import numpy as np
-import torch
 
 from wavescore import ScoreMachine, load_dataset
 from wavescore.analysis import local_filters, shapley_groups, shrinkage_curves, subband_errors

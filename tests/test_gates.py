@@ -76,7 +76,7 @@ def test_schur_equals_dense_solve(digits_machine):
     m._update(sums, w)
     basis = m._gaussian_basis(sums)
     mean, lam, V = basis
-    D, G = w.shape[1], m.G
+    D = w.shape[1]
     for k, s in enumerate(m.sigmas):
         beta, Z, const = m._solve(m._system(sums, k, basis), k, basis, 0.0)
         mo = m.noisy_moments(sums, k)

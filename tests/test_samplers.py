@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wavescore import ScoreMachine, WavescoreError
-from wavescore.samplers import SAMPLERS, edm_sigmas, sample
+from wavescore.samplers import edm_sigmas, sample
 
 
 def _gaussian_machine(d=16, n=4000, seed=0):
