@@ -42,7 +42,7 @@ MACHINES = [
     # the clean digits (kept only when that network is among --nets)
     dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, calibrate_to="cnn-circular"),
     dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet"),
-    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet-plateau"),
+    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet-long"),
     dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="transformer"),
 ]
 
