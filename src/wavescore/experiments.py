@@ -304,7 +304,7 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
         opts = dict(opts)
         target = opts.pop("calibrate_to", None)
         name = "els" if target is None else f"els calibrated to {target}"
-        if name in models or name in els_kinds:
+        if name in models:
             raise WavescoreError(f"two ELS option sets make a model named {name!r}: drop or change one")
         if target is None:
             models[name] = ELSDenoiser(train, **opts)

@@ -542,6 +542,14 @@ def _diverged(out: Path, epoch: int, step: int, what: str, lr: float, kept: int)
                           f"and train again; {keep}")
 
 
+def _edm_error(model, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """The EDM loss's terms lambda(sigma) |D(x0 + sigma n, sigma) - x0|^2 per pixel (Karras et al.
+    2022, eq. 8 with Table 1's weight), (N, C, H, W): training and validation average them."""
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    den = model(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
+    return weight.reshape(-1, 1, 1, 1) * (den - x0) ** 2
+
+
 def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
           progress: bool = True, max_minutes: float | None = None, arch_kwargs: dict | None = None,
           sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, validation=None,
@@ -589,15 +597,10 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
         if validation is None:
             raise WavescoreError("plateau= stops on the validation loss: pass validation= held-out images too")
     if validation is not None:
-        if isinstance(validation, np.ndarray):
-            validation = torch.from_numpy(validation)
-        if (not isinstance(validation, torch.Tensor) or validation.dim() != 4 or len(validation) == 0
-                or tuple(validation.shape[1:]) != tuple(data.shape[1:])):
-            raise WavescoreError(f"validation must be non-empty images shaped like the data {tuple(data.shape[1:])}, got "
-                                 f"{tuple(validation.shape) if isinstance(validation, torch.Tensor) else type(validation).__name__}")
-        validation = validation.detach().cpu().float()
-        if not torch.isfinite(validation).all():
-            raise WavescoreError("validation contains NaN or infinite values: clean or drop those images")
+        validation = check_images(validation, "validation", finite=True).detach().cpu().float()
+        if len(validation) == 0 or tuple(validation.shape[1:]) != tuple(data.shape[1:]):
+            raise WavescoreError(f"validation must be non-empty images shaped like the data {tuple(data.shape[1:])}, "
+                                 f"got {tuple(validation.shape)}")
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise WavescoreError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     arch_kwargs = _check_arch_kwargs(arch, arch_kwargs)
@@ -655,15 +658,14 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
         v_noise = torch.randn(validation.shape, generator=vgen)
 
         def val_loss() -> float:
-            # the training loss (Karras et al. 2022, eq. 8) on fixed draws, batched, without gradients
+            # the training loss on fixed draws, batched, without gradients
             model.eval()
             total = 0.0
             with torch.no_grad():
                 for s in range(0, len(validation), 4 * batch_size):
-                    x0, sg = validation[s : s + 4 * batch_size], v_sigma[s : s + 4 * batch_size]
-                    w = (sg**2 + sigma_data**2) / (sg * sigma_data) ** 2
-                    den = model(x0 + sg.reshape(-1, 1, 1, 1) * v_noise[s : s + 4 * batch_size], sg)
-                    total += float((w.reshape(-1, 1, 1, 1) * (den - x0) ** 2).mean((1, 2, 3)).sum())
+                    part = slice(s, s + 4 * batch_size)
+                    err = _edm_error(model, validation[part], v_sigma[part], v_noise[part], sigma_data)
+                    total += float(err.mean((1, 2, 3)).sum())
             model.train()
             return total / len(validation)
 
@@ -691,12 +693,10 @@ def train(arch: str, data, *, epochs: int, out, batch_size: int = 128, lr: float
             perm = torch.randperm(n, generator=gen)
             for step, s in enumerate(range(0, n, batch_size), 1):
                 x0 = data[perm[s : s + batch_size]]
-                # ln(sigma) ~ N(P_mean, P_std^2) and the weight lambda(sigma) (Karras et al. 2022, Table 1).
+                # ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1).
                 sigma = torch.exp(p_mean + p_std * torch.randn(len(x0), generator=gen))
                 noise = torch.randn(x0.shape, generator=gen)
-                weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-                den = model(x0 + sigma.reshape(-1, 1, 1, 1) * noise, sigma)
-                loss = (weight.reshape(-1, 1, 1, 1) * (den - x0) ** 2).mean()
+                loss = _edm_error(model, x0, sigma, noise, sigma_data).mean()
                 value = loss.item()
                 if not math.isfinite(value):
                     raise _diverged(out, epoch + 1, step, f"loss {value}", lr, history[-1]["epoch"] if history else 0)
