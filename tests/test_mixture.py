@@ -223,3 +223,59 @@ def test_lowrank_cli(tmp_path, capsys):
     assert "--rank does not apply to --family local-mixture" in capsys.readouterr().err
     assert main(["fit", "--data", "digits", "--family", "mixture", "--covariance", "lowrank", "-o", str(wsm)]) == 2
     assert "needs rank=r" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- tempered responsibilities (method.md §11)
+def _tempered(m: MixtureMachine, T: float) -> MixtureMachine:
+    """The same fitted mixture with another temperature (no refit: T changes no fitted array)."""
+    t = MixtureMachine.__new__(MixtureMachine)
+    t.__dict__.update(m.__dict__)
+    t.temperature = T
+    return t
+
+
+@pytest.mark.parametrize("which", ["fitted", "lowrank"])
+def test_tempered_score_is_the_gradient_of_its_potential(which, request, digits):
+    m = request.getfixturevalue(which)
+    w = m.transform_.forward(_noisy(digits[:40], 0.3).double())
+    for T in (0.5, 3.0):
+        t = _tempered(m, T)
+        assert t.name.endswith(f"-T{T:g}")
+        for s in (0.01, 0.3, 2.0, 80.0):
+            wg = w.clone().requires_grad_(True)
+            grad, = torch.autograd.grad(t.log_density(wg, s).sum(), wg)
+            got = t.wavelet_score(w, s)
+            assert float((got - grad).abs().max()) <= 1e-9 * float(grad.abs().max())
+            assert float((got - m.wavelet_score(w, s)).abs().max()) > 1e-6 * float(grad.abs().max())
+    # T = 1 is the exact score, bitwise; the default
+    assert torch.equal(_tempered(m, 1.0).wavelet_score(w, 0.3), m.wavelet_score(w, 0.3)) and m.temperature == 1.0
+
+
+def test_temperature_limits_closed_form(fitted, digits):
+    """T -> 0: the most likely component's Gaussian score -(Sigma_k + s^2)^-1 (w - mu_k); T -> inf:
+    the responsibilities are uniform, the components' scores averaged with equal weight."""
+    m = fitted
+    w = m.transform_.forward(_noisy(digits[:30], 0.5, seed=3).double())
+    s2 = 0.25
+    cov = (m.U_ * (m.lam_ + s2)[:, None, :]) @ m.U_.transpose(1, 2)  # (K, D, D) noisy covariances
+    each = -torch.linalg.solve(cov[None], (w[:, None] - m.means_[None])[..., None])[..., 0]  # (n, K, D)
+    logp = torch.stack([torch.distributions.MultivariateNormal(m.means_[k], cov[k]).log_prob(w)
+                        for k in range(len(m.weights_))], 1) + torch.log(m.weights_)
+    hard = each[torch.arange(len(w)), logp.argmax(1)]
+    sharp = _tempered(m, 1e-6).wavelet_score(w, 0.5)
+    assert float((sharp - hard).abs().max()) <= 1e-8 * float(hard.abs().max())
+    flat = _tempered(m, 1e12).wavelet_score(w, 0.5)
+    assert float((flat - each.mean(1)).abs().max()) <= 1e-8 * float(each.abs().max())
+
+
+def test_temperature_round_trips_and_is_checked(fitted, digits, tmp_path):
+    t = MixtureMachine(components=10, temperature=2.5).fit(digits)
+    assert t.name == "mixture-K10-T2.5"
+    again = MixtureMachine.load(t.save(tmp_path / "t.wsm"))
+    y = _noisy(digits[:20].double(), 1.0)
+    assert again.temperature == 2.5
+    assert torch.allclose(again.denoise(y, 1.0), t.denoise(y, 1.0), rtol=0, atol=1e-12)
+    assert torch.equal(t.weights_, fitted.weights_)  # the fit does not see the temperature
+    for bad in (0, -1.0, float("nan"), float("inf"), "warm"):
+        with pytest.raises(WavescoreError, match="temperature"):
+            MixtureMachine(temperature=bad)

@@ -164,11 +164,13 @@ def gmm_log_joint(y: torch.Tensor, params, s2: float):
     return logp, proj, inv
 
 
-def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None) -> torch.Tensor:
+def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None, temperature: float = 1.0) -> torch.Tensor:
     """grad_y log sum_k pi_k N(y; mu_k, Sigma_k + s2 I), responsibilities in log-sum-exp (no
-    overflow from sigma 0.002 to 80): y (R, n, d) -> (R, n, d), or only coordinate ``row`` (R, n)."""
+    overflow from sigma 0.002 to 80): y (R, n, d) -> (R, n, d), or only coordinate ``row`` (R, n).
+    ``temperature`` T: responsibilities softmax(log joint / T), the gradient of
+    T log sum_k (pi_k N_k)^(1/T) (method.md §11, "Tempered responsibilities"); T = 1 is exact."""
     logp, proj, inv = gmm_log_joint(y, params, s2)
-    t = torch.softmax(logp, -1)[..., None] * proj * inv[:, None]  # (R, n, K, d)
+    t = torch.softmax(logp / temperature, -1)[..., None] * proj * inv[:, None]  # (R, n, K, d)
     U = params[3]
     if row is not None:
         return -torch.einsum("rnkd,rkd->rn", t, U[:, :, row, :])
@@ -206,11 +208,12 @@ def lowrank_log_joint(y: torch.Tensor, params, s2: float, pre=None):
     return logp.T, t
 
 
-def lowrank_score(y: torch.Tensor, params, s2: float, pre=None) -> torch.Tensor:
+def lowrank_score(y: torch.Tensor, params, s2: float, pre=None, temperature: float = 1.0) -> torch.Tensor:
     """grad_y log sum_k pi_k N(y; mu_k, U_k U_k^T + diag(d_k + s2)) = -sum_k r_k C_k^{-1}(y - mu_k),
-    responsibilities in log-sum-exp (no overflow from sigma 0.002 to 80): y (n, d) -> (n, d)."""
+    responsibilities in log-sum-exp (no overflow from sigma 0.002 to 80): y (n, d) -> (n, d);
+    ``temperature`` as in gmm_score."""
     logp, t = lowrank_log_joint(y, params, s2, pre)
-    return -torch.einsum("nk,knd->nd", torch.softmax(logp, -1), t)
+    return -torch.einsum("nk,knd->nd", torch.softmax(logp / temperature, -1), t)
 
 
 class MixtureMachine(Estimator, WaveletScore, Denoiser):
@@ -233,6 +236,11 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         (lowrank_from_stats); the score is exact at every sigma by Woodbury (docs/method.md §11),
         O(K D r) memory and O(K D r^2) per sigma. A rank of D or more is the full covariance.
     rank : the number of factors r of covariance="lowrank" (a whole number >= 1); None for "full".
+    temperature : T > 0, the responsibilities' temperature at every sigma: softmax(log joint / T).
+        1 (default) is the mixture's exact noisy score; T > 1 chooses between components less
+        decisively (a network that hedges between digits at high sigma), T -> 0 takes the most
+        likely component's Gaussian score. The score stays a gradient, of
+        T log sum_k (pi_k N_k)^(1/T) (``log_density``; method.md §11, "Tempered responsibilities").
     """
 
     _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
@@ -241,11 +249,13 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
     def __init__(self, components: int | str = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
                  iterations: int = 30,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
-                 max_memory: float | None = None, covariance: str = "full", rank: int | None = None):
+                 max_memory: float | None = None, covariance: str = "full", rank: int | None = None,
+                 temperature: float = 1.0):
         self._init_params(locals())
 
     def _validate(self) -> None:
         check_mixture_params(self)
+        self.temperature = checks.real("temperature", self.temperature, above=0)
         self.pca_dims = checks.whole("pca_dims", self.pca_dims, 1)
         self.iterations = checks.whole("iterations", self.iterations, 0)
         if self.covariance not in ("full", "lowrank"):
@@ -265,7 +275,8 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
             k = f"Kauto{self.weights_.shape[0]}" if hasattr(self, "weights_") else "Kauto"
         else:
             k = f"K{self.components}"
-        return f"mixture-{k}" + (f"-r{self.rank}" if self.covariance == "lowrank" else "")
+        return (f"mixture-{k}" + (f"-r{self.rank}" if self.covariance == "lowrank" else "")
+                + ("" if self.temperature == 1 else f"-T{self.temperature:g}"))
 
     def memory_estimate(self, shape, n_images: int | None = None) -> dict:
         """Bytes a fit needs: the coefficients of every image, the K covariances (built in place
@@ -382,11 +393,15 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
 
     def log_density(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """log p_sigma(w) of noisy coefficients (N, D) -> (N,), exact (module docstring; low-rank:
-        Woodbury and the determinant lemma, docs/method.md §11)."""
+        Woodbury and the determinant lemma, docs/method.md §11). With temperature T != 1 it is the
+        potential T log sum_k (pi_k N_k)^(1/T) whose gradient the score is (not normalised)."""
         self._require_fitted()
+        T = float(self.temperature)
         if self.covariance == "lowrank":
-            return torch.logsumexp(lowrank_log_joint(w, self._params(), float(sigma) ** 2)[0], 1)
-        return torch.logsumexp(gmm_log_joint(w[None], self._params(), float(sigma) ** 2)[0][0], 1)
+            logp = lowrank_log_joint(w, self._params(), float(sigma) ** 2)[0]
+        else:
+            logp = gmm_log_joint(w[None], self._params(), float(sigma) ** 2)[0][0]
+        return torch.logsumexp(logp, 1) if T == 1 else T * torch.logsumexp(logp / T, 1)
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """grad log p_sigma in the wavelet domain: (N, D) -> (N, D), float64."""
@@ -399,10 +414,11 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         if self.covariance == "lowrank":  # Woodbury, docs/method.md §11: one r x r Cholesky per component and sigma
             pre = lowrank_precompute(self._params(), sigma**2)
             for s in range(0, w.shape[0], step):
-                out[s : s + step] = lowrank_score(w[s : s + step], self._params(), sigma**2, pre)
+                out[s : s + step] = lowrank_score(w[s : s + step], self._params(), sigma**2, pre, self.temperature)
             return out
         for s in range(0, w.shape[0], step):
-            out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2)[0]
+            out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2,
+                                          temperature=self.temperature)[0]
         return out
 
     # ------------------------------------------------------------------ persistence
