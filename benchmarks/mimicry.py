@@ -25,6 +25,10 @@ from wavescore.joined import DEFAULT_PARTS
 # denoiser at high sigma may sit between the Gaussian score and the K = 100 posterior mean
 WIDE_PARTS = [DEFAULT_PARTS[0], dict(family="mixture", components=10), dict(family="mixture", components=30),
               *DEFAULT_PARTS[1:]]
+# ... plus the K = 100 mixture hedging between digits (tempered responsibilities, T = 2 and 4;
+# method.md §11): a network that is less decisive than the posterior at high sigma
+TEMPERED_PARTS = [*WIDE_PARTS, dict(family="mixture", components=100, temperature=2.0),
+                  dict(family="mixture", components=100, temperature=4.0)]
 
 MACHINES = [
     dict(family="gaussian"),
@@ -44,6 +48,9 @@ MACHINES = [
     dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet"),
     dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet-long"),
     dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="transformer"),
+    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="unet"),
+    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="unet-long"),
+    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="transformer"),
 ]
 
 

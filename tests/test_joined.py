@@ -223,3 +223,22 @@ def test_scheduled_cli(tmp_path, capsys):
         assert main(["fit", "--data", "digits", "--family", "scheduled-local-mixture", *bad, "-o",
                      str(tmp_path / "t.wsm")]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_part_cache_reuses_identical_parts_and_changes_nothing(digits):
+    cfg = dict(parts=SMALL_PARTS, holdout=60, sigmas=(0.05, 1.0))
+    plain = JoinedMachine(**cfg).fit(digits[:300], progress=False)
+    cache = {}
+    first = JoinedMachine(**cfg).fit(digits[:300], progress=False, part_cache=cache)
+    assert len(cache) == len(SMALL_PARTS) and first.choice_ == plain.choice_
+    # a machine with one part more and a reference: only the new part is fitted, the rest reused
+    more = JoinedMachine(**{**cfg, "parts": [*SMALL_PARTS, {"family": "mixture", "components": 3}]})
+    more.fit(digits[:300], progress=False, part_cache=cache, reference=plain.parts_[0])
+    assert len(cache) == len(SMALL_PARTS) + 1
+    assert all(a is b for a, b in zip(more.parts_, first.parts_))
+    # other images, another held-out split or another part setting: fitted anew, not reused
+    JoinedMachine(**cfg).fit(digits[:300].flip(0), progress=False, part_cache=cache)
+    JoinedMachine(**{**cfg, "seed": 1}).fit(digits[:300], progress=False, part_cache=cache)
+    assert len(cache) == 3 * len(SMALL_PARTS) + 1
+    y = _noisy(digits[300:340], 0.5)
+    assert torch.equal(first.denoise(y, 0.5), plain.denoise(y, 0.5))

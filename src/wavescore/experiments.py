@@ -35,10 +35,14 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
 
     A configuration with ``calibrate_to="NAME"`` fits its (joined) machine's weights against the
     denoiser of ``references[NAME]`` instead of the clean images (JoinedMachine.fit reference=,
-    method.md §13); its row is named "MACHINE calibrated to NAME"."""
+    method.md §13); its row is named "MACHINE calibrated to NAME". Joined machines reuse parts that
+    an earlier configuration fitted identically (JoinedMachine.fit part_cache=), so their fit
+    seconds count only what they fitted themselves."""
     from .models import build_machine
 
-    models, seconds = {}, {}
+    from .joined import JoinedMachine
+
+    models, seconds, parts = {}, {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
         cfg = dict(cfg)
@@ -47,13 +51,15 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
         name = m.name if target is None else f"{m.name} calibrated to {target}"
         if name in models:  # a dict would silently keep only the second
             raise WavescoreError(f"two configurations make a machine named {name!r}: drop or change one")
-        if target is None:
-            m.fit(train, progress=progress)
-        elif target not in (references or {}):
+        if target is not None and target not in (references or {}):
             raise WavescoreError(f"calibrate_to={target!r} names no reference (have: {', '.join(references or {})}):"
                                  " give its checkpoint among the networks")
+        # joined machines share their fitted parts (JoinedMachine.fit part_cache=)
+        shared = {"part_cache": parts} if isinstance(m, JoinedMachine) else {}
+        if target is None:
+            m.fit(train, progress=progress, **shared)
         else:
-            m.fit(train, progress=progress, reference=references[target])
+            m.fit(train, progress=progress, reference=references[target], **shared)
         models[name] = m
         seconds[name] = time.perf_counter() - t0
     return models, seconds

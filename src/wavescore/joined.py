@@ -28,6 +28,7 @@ as ELS's patch does (method.md §13, "Scheduled locality").
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -173,13 +174,18 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         return {"parts": est, "total": int(peak + 3 * len(self.parts) * self.holdout * D * 8), "D": D}
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data, *, progress: bool = True, reference=None) -> "JoinedMachine":
+    def fit(self, data, *, progress: bool = True, reference=None, part_cache: dict | None = None) -> "JoinedMachine":
         """Fit every part on the training images less ``holdout``, then the weights on those.
 
         ``reference``: None (default) fits the weights to the clean held-out images; a model with
         ``denoise(x, sigma)`` (a network, ELS, another machine) fits them to its denoiser output on
         the same noisy held-out images (method.md §13, "Calibration against a reference"). Only
-        the weights and ``choice_["reference"]``, the reference's name, are kept."""
+        the weights and ``choice_["reference"]``, the reference's name, are kept.
+
+        ``part_cache``: a dict shared by several joined fits; a part already fitted there with
+        the same class, configuration, images (shape, order and first two moments) and held-out split
+        is reused, not refitted (the parts of machines that differ only in their weights'
+        reference or in a few parts are fitted once). The reused part is the same object."""
         if reference is not None:
             check_reference(reference)  # before the parts' fit, not after it
         x = check_images(data, "fit", finite=True)
@@ -191,8 +197,20 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
         held, train = x[order[: self.holdout]], x[order[self.holdout :]]
         parts = self._make_parts()
-        for m in progress_bar(parts, desc="fit parts", enabled=progress, leave=False):
+        data_key = (tuple(shape), x.shape[0], self.seed, self.holdout)
+        if part_cache is not None:  # a cheap fingerprint of the images and their order (the split)
+            xd = x.to(torch.float64).flatten(1)
+            per_image = xd.sum(1)
+            data_key += (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()),
+                         float((xd * xd).sum()))
+        for i, m in enumerate(progress_bar(parts, desc="fit parts", enabled=progress, leave=False)):
+            key = (type(m).__name__, json.dumps(m.get_params(), sort_keys=True, default=str), data_key)
+            if part_cache is not None and key in part_cache:
+                parts[i] = part_cache[key]
+                continue
             m.fit(train, progress=progress)
+            if part_cache is not None:
+                part_cache[key] = m
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
         self.parts_ = parts
