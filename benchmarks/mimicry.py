@@ -20,6 +20,7 @@ import torch
 
 from wavescore.experiments import run_mimicry
 from wavescore.joined import DEFAULT_PARTS
+from wavescore.networks import load_network
 
 # the joined machine's parts plus smoother global mixtures (K = 10, 30): an undertrained network's
 # denoiser at high sigma may sit between the Gaussian score and the K = 100 posterior mean
@@ -42,16 +43,17 @@ MACHINES = [
     dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
     dict(family="mixture+local-mixture"),
     dict(family="cascade", components=16, radius=1),
-    # the same two with their per-sigma weights chosen against a network's denoiser instead of
-    # the clean digits (kept only when that network is among --nets)
-    dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, calibrate_to="cnn-circular"),
-    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet"),
-    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="unet-long"),
-    dict(family="mixture+local-mixture", parts=WIDE_PARTS, calibrate_to="transformer"),
-    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="unet"),
-    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="unet-long"),
-    dict(family="mixture+local-mixture", parts=TEMPERED_PARTS, calibrate_to="transformer"),
 ]
+
+# the same machines with their per-sigma weights chosen against a network's denoiser instead of the
+# clean digits, one set per architecture (the checkpoint's): the CNNs' scheduled local mixture, the
+# U-Net's and the transformer's joined machine with and without tempered parts
+CALIBRATED = {
+    "cnn": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)],
+    "unet": [dict(family="mixture+local-mixture", parts=WIDE_PARTS),
+             dict(family="mixture+local-mixture", parts=TEMPERED_PARTS)],
+}
+CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
 if __name__ == "__main__":
@@ -71,15 +73,17 @@ if __name__ == "__main__":
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
     ap.add_argument("--calibrate", nargs="*", default=None,
-                    help="keep only the calibrated machines whose network is one of these (default: every network)")
+                    help="the networks (checkpoint stems) to calibrate their architecture's machines (CALIBRATED) against "
+                         "(default: every network)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
-    nets = {Path(p).stem for p in args.nets}
-    keep_calibrated = nets if args.calibrate is None else nets & set(args.calibrate)
-    if args.no_calibrated:
-        keep_calibrated = set()
-    configs = [c for c in MACHINES if (args.only is None or c["family"] in args.only)
-               and ("calibrate_to" not in c or c["calibrate_to"] in keep_calibrated)]
+    arch = {Path(p).stem: load_network(p).config_["arch"] for p in args.nets}
+    unknown = set(args.calibrate or []) - set(arch)
+    if unknown:
+        ap.error(f"--calibrate names networks not among --nets: {', '.join(sorted(unknown))}")
+    targets = [] if args.no_calibrated else [n for n in arch if args.calibrate is None or n in args.calibrate]
+    configs = [*MACHINES, *(dict(c, calibrate_to=n) for n in targets for c in CALIBRATED[arch[n]])]
+    configs = [c for c in configs if args.only is None or c["family"] in args.only]
     els = []
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
