@@ -295,6 +295,11 @@ def test_mimicry_runner(tmp_path):
     assert on_disk["fit_seconds"].keys() == {"gaussian-P1", "local-mixture-pixel-K4-r1", calibrated, "els",
                                              "els calibrated to tinycnn"}
     assert on_disk["kinds"]["els calibrated to tinycnn"] == "els"
+    # the joined (scheduled) row's weights: one radius per grid sigma (select), as its schedule says
+    jw = on_disk["joined_weights"]
+    assert list(jw) == [calibrated] and jw[calibrated]["parts"] == ["local-mixture-pixel-K4-r1",
+                                                                    "local-mixture-pixel-K4-r2"]
+    assert all(sorted(w) == [0.0, 1.0] for w in jw[calibrated]["mean_weight"])
     assert (tmp_path / "out" / "samples.png").stat().st_size > 0 and (tmp_path / "out" / "matrix.md").exists()
     with pytest.raises(WavescoreError, match="calibrate_to='unet' names no reference"):
         run_mimicry([dict(cfgs[2], calibrate_to="unet")], "digits", tmp_path / "bad", nets=[str(tmp_path / "tinycnn.pt")],

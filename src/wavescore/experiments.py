@@ -337,8 +337,12 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
                             steps=steps, kinds=kinds, progress=progress)
     finals = result.pop("_finals", None)
     schedules = {n: models[n].patch_size.to_dict() for n in els_kinds if hasattr(models[n].patch_size, "to_dict")}
+    # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
+    joined = {n: {"sigmas": list(m.sigmas), "parts": [p.name for p in m.parts_],
+                  "mean_weight": [m.weights_at(s).mean(1).tolist() for s in m.sigmas]}
+              for n, m in models.items() if hasattr(m, "weights_at") and hasattr(m, "parts_")}
     result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs),
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
-                  nets=list(nets), fit_seconds=fit_seconds)
+                  joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)
     write_outputs(result, finals, out)
     return result
