@@ -40,6 +40,8 @@ MACHINES = [
     # patch growing with sigma (radius 1..3 chosen per sigma on held-out digits, method.md §13)
     dict(family="local-mixture", basis="pixel", components=64, radius=1),
     dict(family="local-mixture", basis="pixel", components=16, radius=2),
+    # ... and border-aware (81 border classes, each on at most 20k patches; method.md §12)
+    dict(family="local-mixture", basis="pixel", components=16, radius=2, border=4, max_samples=20_000),
     dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
     dict(family="mixture+local-mixture"),
     dict(family="cascade", components=16, radius=1),
@@ -49,7 +51,10 @@ MACHINES = [
 # clean digits, one set per architecture (the checkpoint's): the CNNs' scheduled local mixture, the
 # U-Net's and the transformer's joined machine with and without tempered parts
 CALIBRATED = {
-    "cnn": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)],
+    "cnn-circular": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)],
+    # the zero-padded CNN also gets the border-aware version (border classes, method.md §12)
+    "cnn": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
+            dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, border=4, max_samples=20_000)],
     "unet": [dict(family="mixture+local-mixture", parts=WIDE_PARTS),
              dict(family="mixture+local-mixture", parts=TEMPERED_PARTS)],
 }
@@ -77,7 +82,11 @@ if __name__ == "__main__":
                          "(default: every network)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
-    arch = {Path(p).stem: load_network(p).config_["arch"] for p in args.nets}
+    def architecture(net) -> str:
+        cfg = net.config_
+        return cfg["arch"] + ("-circular" if cfg["arch_kwargs"].get("padding") == "circular" else "")
+
+    arch = {Path(p).stem: architecture(load_network(p)) for p in args.nets}
     unknown = set(args.calibrate or []) - set(arch)
     if unknown:
         ap.error(f"--calibrate names networks not among --nets: {', '.join(sorted(unknown))}")

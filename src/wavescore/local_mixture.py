@@ -70,16 +70,29 @@ def em_statistics(u: torch.Tensor, params, resp: torch.Tensor | None = None) -> 
     return out
 
 
-def _pixel_groups(shape, radius: int) -> list[Group]:
-    """One group per channel: each pixel and its (2r+1)^2 circular window, centre first."""
+def border_class(i: np.ndarray, n: int, border: int) -> np.ndarray:
+    """Per index 0..n-1 along one axis: its distance to the near edge when under ``border``
+    (0 .. border-1 from the start, -1 .. -border from the end), else ``border`` (the interior)."""
+    return np.where(i < border, i, np.where(n - 1 - i < border, i - n, border))
+
+
+def _pixel_groups(shape, radius: int, border: int = 0) -> list[Group]:
+    """One group per channel: each pixel and its (2r+1)^2 circular window, centre first. With
+    ``border`` b > 0, one group per channel and border class: the pixels within b of an edge
+    grouped by their (row, column) distance to it, the interior one group (method.md §12)."""
     c, h, w = shape
     rows, cols = (a.ravel() for a in np.meshgrid(np.arange(h), np.arange(w), indexing="ij"))
     offsets = _window_offsets(SimpleNamespace(h=h, w=w), radius)
+    cls = np.stack([border_class(rows, h, border), border_class(cols, w, border)], 1)
+    classes = [None] if border == 0 else sorted({tuple(int(v) for v in k) for k in cls}, key=lambda k: (k != (border, border), k))
     groups = []
     for ch in range(c):
         base = ch * h * w
         nbr = np.stack([base + ((rows + dr) % h) * w + (cols + dc) % w for dr, dc in offsets], axis=1)
-        groups.append(Group(f"pixels/c{ch}", nbr[:, 0].copy(), nbr))
+        for k in classes:
+            keep = slice(None) if k is None else np.flatnonzero((cls == k).all(1))
+            name = f"pixels/c{ch}" + ("" if k is None else f"/border{k[0]},{k[1]}")
+            groups.append(Group(name, nbr[keep, 0].copy(), nbr[keep]))
     return groups
 
 
@@ -95,6 +108,10 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
     bands : "same" (the window in the coefficient's own orientation) or "all" (all three).
     basis : "wavelet" or "pixel" (pixel patches, circular).
     shared : True: one mixture per group, pooled over positions; False: one per position.
+    border : pixel basis only: 0 (default) pools every position of a channel; b > 0 pools the
+        positions within b pixels of an edge by their distance to it (one mixture per border
+        class, (2b+1)^2 classes), the interior together: translation-shared away from the border,
+        border-aware near it, as a zero-padded CNN sees its input (method.md §12).
     prior, shrinkage : as in MixtureMachine: covariances shrunk towards the group's pooled one
         with the weight of ``prior`` neighbourhoods, plus ``shrinkage`` x (mean variance) on the
         diagonal.
@@ -108,7 +125,7 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
                  basis: str = "wavelet", shared: bool = True, prior: float = 30.0, shrinkage: float = 1e-4,
                  em_iterations: int = 5, kmeans_iterations: int = 20, max_samples: int = 200_000,
                  wavelet: str = "haar", levels: int | None = None, seed: int = 0, *, batch_size: int = 2000,
-                 max_memory: float | None = None):
+                 max_memory: float | None = None, border: int = 0):
         self._init_params(locals())
 
     def _validate(self) -> None:
@@ -128,16 +145,21 @@ class LocalMixtureMachine(Estimator, WaveletScore, Denoiser):
                                  "neighbourhood='local', bands='same'")
         if not isinstance(self.shared, bool):
             raise WavescoreError(f"shared must be True or False, got {self.shared!r}")
+        self.border = checks.whole("border", self.border, 0)
+        if self.border and (self.basis != "pixel" or not self.shared):
+            raise WavescoreError("border= groups pixel positions by their distance to the edge: it takes "
+                                 "basis='pixel' and shared=True (per-position mixtures know the border already)")
 
     @property
     def name(self) -> str:
         nb = "" if self.neighbourhood == "local" else "-parent"
         return (f"local-mixture-{self.basis}-K{self.components}-r{self.radius}{nb}"
-                f"{'-all' if self.bands == 'all' else ''}{'' if self.shared else '-per-position'}")
+                f"{'-all' if self.bands == 'all' else ''}{'' if self.shared else '-per-position'}"
+                f"{f'-border{self.border}' if self.border else ''}")
 
     def _structure(self, shape):
         if self.basis == "pixel":
-            return PixelBasis(shape), _pixel_groups(shape, self.radius)
+            return PixelBasis(shape), _pixel_groups(shape, self.radius, self.border)
         t = WaveletTransform(shape, self.wavelet, self.levels)
         return t, build_groups(t.layout, self.neighbourhood, self.radius, self.bands)
 
