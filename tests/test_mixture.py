@@ -227,11 +227,10 @@ def test_lowrank_cli(tmp_path, capsys):
 
 # ---------------------------------------------------------------- tempered responsibilities (method.md §11)
 def _tempered(m: MixtureMachine, T: float) -> MixtureMachine:
-    """The same fitted mixture with another temperature (no refit: T changes no fitted array)."""
-    t = MixtureMachine.__new__(MixtureMachine)
-    t.__dict__.update(m.__dict__)
-    t.temperature = T
-    return t
+    """The same fitted mixture with another temperature (a runtime setting: no refit)."""
+    import copy
+
+    return copy.deepcopy(m).set_params(temperature=T)
 
 
 @pytest.mark.parametrize("which", ["fitted", "lowrank"])
@@ -279,3 +278,17 @@ def test_temperature_round_trips_and_is_checked(fitted, digits, tmp_path):
     for bad in (0, -1.0, float("nan"), float("inf"), "warm"):
         with pytest.raises(WavescoreError, match="temperature"):
             MixtureMachine(temperature=bad)
+
+
+def test_temperature_is_a_runtime_setting_and_hedging_finds_it(fitted, digits):
+    from wavescore.analysis import hedging
+
+    with pytest.raises(WavescoreError, match="needs a new fit"):
+        _tempered(fitted, 1.0).set_params(components=3)
+    # a reference that is this mixture at T = 2: hedging finds T = 2 at every sigma, with R^2 = 1
+    ref = _tempered(fitted, 2.0)
+    res = hedging(fitted, {"self-T2": ref, "self": fitted}, digits[:60], (0.3, 1.0, 3.0), (0.5, 1.0, 2.0, 4.0))
+    assert res["best"] == {"self-T2": [2.0, 2.0, 2.0], "self": [1.0, 1.0, 1.0]}
+    grid = np.asarray(res["r2"]["self-T2"])
+    assert np.allclose(grid[:, 2], 1.0, atol=1e-12) and (grid[:, [0, 1, 3]] < 1 - 1e-6).all()
+    assert fitted.temperature == 1.0  # restored

@@ -343,3 +343,55 @@ def plot_join_weights(choice: dict, path, title: str = "") -> None:
     axes[0][-1].legend(fontsize=6, ncol=2)
     fig.suptitle(title or "joined machine: each part's weight per wavelet band")
     _save(fig, path)
+
+
+def hedging(mixture, references: Mapping[str, object], x: torch.Tensor, sigmas: Sequence[float],
+            temperatures: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), *, seed: int = 0) -> dict:
+    """How decisively each reference chooses between the modes of the data: for every sigma and
+    temperature T, the denoiser R^2 (compare.r2) of the fitted global mixture with tempered
+    responsibilities (method.md §11) against each reference's denoiser, on the same noisy ``x``
+    (seeded noise). T = 1 is the data's posterior mean under the mixture; the best T above 1 says
+    the network hedges between digits, below 1 that it commits. The mixture's temperature is
+    restored afterwards. Returns {"sigmas", "temperatures", "r2": {ref: [[R^2 per T] per sigma]},
+    "best": {ref: [best T per sigma]}}."""
+    from .compare import r2
+
+    x = x.double()
+    old = mixture.temperature
+    noisy = [x + s * noise_for(x.shape, k, seed) for k, s in enumerate(sigmas)]
+    targets = {n: [ref.denoise(y, s).double() for y, s in zip(noisy, sigmas)] for n, ref in references.items()}
+    grid = np.zeros((len(sigmas), len(temperatures), len(references)))
+    try:
+        for j, T in enumerate(temperatures):
+            mixture.set_params(temperature=float(T))
+            for k, (y, s) in enumerate(zip(noisy, sigmas)):
+                out = mixture.denoise(y, s).double()
+                for i, n in enumerate(references):
+                    grid[k, j, i] = r2(out, targets[n][k])
+    finally:
+        mixture.set_params(temperature=old)
+    temps = [float(t) for t in temperatures]
+    return {"sigmas": [float(s) for s in sigmas], "temperatures": temps,
+            "r2": {n: grid[:, :, i].tolist() for i, n in enumerate(references)},
+            "best": {n: [temps[int(np.argmax(grid[k, :, i]))] for k in range(len(sigmas))]
+                     for i, n in enumerate(references)}}
+
+
+def plot_hedging(res: dict, path, title: str = "") -> None:
+    """R^2 against temperature, one panel per sigma, one line per reference (dot: the best T)."""
+    plt = _plt()
+    S = len(res["sigmas"])
+    fig, axes = plt.subplots(1, S, figsize=(3.2 * S, 3.0), squeeze=False)
+    for k, (ax, s) in enumerate(zip(axes[0], res["sigmas"])):
+        for n, grid in res["r2"].items():
+            row = np.asarray(grid[k])
+            line, = ax.plot(res["temperatures"], row, marker=".", label=n)
+            ax.plot([res["best"][n][k]], [row.max()], "o", color=line.get_color())
+        ax.axvline(1.0, color="0.6", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_title(f"σ = {s:g}")
+        ax.set_xlabel("temperature T")
+    axes[0][0].set_ylabel("denoiser R² against the network")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title or "How decisively each network chooses a digit (T = 1: the posterior)", fontsize=9)
+    _save(fig, path)

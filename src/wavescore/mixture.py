@@ -241,10 +241,13 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         decisively (a network that hedges between digits at high sigma), T -> 0 takes the most
         likely component's Gaussian score. The score stays a gradient, of
         T log sum_k (pi_k N_k)^(1/T) (``log_density``; method.md §11, "Tempered responsibilities").
+        The fit does not depend on it: a fitted machine takes ``set_params(temperature=T)``.
     """
 
     _FILE = (FORMAT, FORMAT_VERSION, "mixture machine", "refit it with make_machine('mixture', ...)")
     _AUTO = True  # components="auto" is allowed (check_mixture_params)
+    # the temperature changes how the fitted mixture scores, not what is fitted: set_params takes it
+    _RUNTIME_PARAMS = Estimator._RUNTIME_PARAMS | {"temperature"}
 
     def __init__(self, components: int | str = 100, prior: float = 30.0, shrinkage: float = 1e-4, pca_dims: int = 50,
                  iterations: int = 30,
@@ -330,7 +333,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
         held, train = x[order[:n_held]].to(torch.float64), x[order[n_held:]]
         errors = {}
         for k in progress_bar(cands, desc="components=auto", enabled=progress, leave=False):
-            m = MixtureMachine(**{**self.get_params(), "components": k}).fit(train, progress=False)
+            m = MixtureMachine(**{**self.get_params(), "components": k, "temperature": 1.0}).fit(train, progress=False)
             errors[k] = [float(((m.denoise(held + s * noise_for(held.shape, i, seed=20261130), s) - held) ** 2).mean())
                          for i, s in enumerate(AUTO_SIGMAS)]
         score = {k: float(np.mean(np.log(v))) for k, v in errors.items()}
