@@ -292,3 +292,26 @@ def test_temperature_is_a_runtime_setting_and_hedging_finds_it(fitted, digits):
     grid = np.asarray(res["r2"]["self-T2"])
     assert np.allclose(grid[:, 2], 1.0, atol=1e-12) and (grid[:, [0, 1, 3]] < 1 - 1e-6).all()
     assert fitted.temperature == 1.0  # restored
+
+
+def test_temperature_and_border_cli(tmp_path, capsys):
+    from wavescore.cli import main
+    from wavescore.local_mixture import LocalMixtureMachine
+
+    wsm = tmp_path / "t.wsm"
+    assert main(["fit", "--data", "digits", "--family", "mixture", "--components", "5", "--temperature", "2",
+                 "-o", str(wsm)]) == 0
+    assert MixtureMachine.load(wsm).name == "mixture-K5-T2"
+    assert main(["fit", "--data", "digits", "--family", "local-mixture", "--components", "4", "--border", "2",
+                 "-o", str(wsm)]) == 0
+    assert LocalMixtureMachine.load(wsm).name == "local-mixture-pixel-K4-r1-border2"
+    capsys.readouterr()
+    for argv, msg in ((["--family", "local-mixture", "--temperature", "2"], "--temperature does not apply"),
+                      (["--family", "mixture", "--border", "2"], "--border does not apply"),
+                      (["--family", "local", "--border", "2"], "--border applies only"),
+                      (["--family", "local", "--temperature", "2"], "--temperature apply only")):
+        assert main(["fit", "--data", "digits", *argv, "-o", str(wsm)]) == 2, argv
+        assert msg in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):  # argparse's own refusal, before any data is read
+        main(["fit", "--data", "digits", "--family", "mixture", "--temperature", "0", "-o", str(wsm)])
+    assert "argument --temperature: the value must be > 0" in capsys.readouterr().err

@@ -213,6 +213,12 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
                         "factors (method.md §11)")
     p.add_argument("--rank", type=_whole(1), default=None,
                    help="mixture with --covariance lowrank: the number of factors per component (e.g. 20)")
+    p.add_argument("--temperature", type=_real(above=0), default=None,
+                   help="mixture: the responsibilities' temperature T (default 1, the exact score; T > 1 hedges "
+                        "between components; method.md §11)")
+    p.add_argument("--border", type=_whole(0), default=None,
+                   help="local-mixture and scheduled-local-mixture with pixel patches: one mixture per class of "
+                        "distance (< B pixels) to the edge, the interior shared (default 0: all shared; method.md §12)")
     p.add_argument("--terms", help='for --family mixed: a JSON list of terms, e.g. \'[{"family": "gaussian"}, '
                                    '{"family": "parent", "degree": 2}, {"family": "local", "radius": 2, "kind": "squares"}]\'')
     p.add_argument("--select", action="store_true",
@@ -253,13 +259,16 @@ def _build_fit_machine(args: argparse.Namespace):
                                              and args.basis is not None),
                                             ("--bands", args.family != "local-mixture" and args.bands != "same"),
                                             ("--covariance", args.family != "mixture" and args.covariance is not None),
-                                            ("--rank", args.family != "mixture" and args.rank is not None))
+                                            ("--rank", args.family != "mixture" and args.rank is not None),
+                                            ("--temperature", args.family != "mixture" and args.temperature is not None),
+                                            ("--border", args.family not in ("local-mixture", "scheduled-local-mixture")
+                                             and args.border is not None))
                    if given]
-        settable = {"mixture": "--components, --covariance, --rank",
-                    "local-mixture": "--components, --radius, --basis, --bands",
+        settable = {"mixture": "--components, --covariance, --rank, --temperature",
+                    "local-mixture": "--components, --radius, --basis, --bands, --border",
                     "mixture+local-mixture": "--components for the global mixture, --radius for the local one",
                     "cascade": "--components and --radius of the conditionals, --levels",
-                    "scheduled-local-mixture": "--components, --basis, --radius (the largest; radii 1..R)"}
+                    "scheduled-local-mixture": "--components, --basis, --radius (the largest; radii 1..R), --border"}
         settable = settable[args.family]
         if ignored:
             raise WavescoreError(f"{', '.join(ignored)} does not apply to --family {args.family} (set {settable}): "
@@ -274,7 +283,7 @@ def _build_fit_machine(args: argparse.Namespace):
                 args.covariance = "lowrank"  # --rank alone means the low-rank form
             return MixtureMachine(components=100 if args.components is None else args.components,
                                   wavelet=args.wavelet, levels=args.levels, covariance=args.covariance or "full",
-                                  rank=args.rank)
+                                  rank=args.rank, temperature=1.0 if args.temperature is None else args.temperature)
         if args.family == "cascade":
             from .cascade import CascadeMachine
 
@@ -298,19 +307,21 @@ def _build_fit_machine(args: argparse.Namespace):
                                      f"--radius R >= 2, got {args.radius}: e.g. --radius 3")
             return scheduled_local_mixture(radii=range(1, args.radius + 1), basis=args.basis or "pixel",
                                            components=64 if args.components is None else args.components,
-                                           wavelet=args.wavelet, levels=args.levels)
+                                           wavelet=args.wavelet, levels=args.levels, border=args.border or 0)
         from .local_mixture import LocalMixtureMachine
 
         return LocalMixtureMachine(components=64 if args.components is None else args.components, radius=args.radius,
                                    bands=args.bands, basis=args.basis or "pixel", wavelet=args.wavelet,
-                                   levels=args.levels)
+                                   levels=args.levels, border=args.border or 0)
     if args.components is not None:
         raise WavescoreError("--components applies only to --family mixture, local-mixture or mixture+local-mixture: "
                              "drop it")
     if args.basis is not None:
         raise WavescoreError("--basis applies only to --family local-mixture: drop it")
-    if args.covariance is not None or args.rank is not None:
-        raise WavescoreError("--covariance and --rank apply only to --family mixture: drop them")
+    if args.covariance is not None or args.rank is not None or args.temperature is not None:
+        raise WavescoreError("--covariance, --rank and --temperature apply only to --family mixture: drop them")
+    if args.border is not None:
+        raise WavescoreError("--border applies only to --family local-mixture or scheduled-local-mixture: drop it")
     if args.family == "strongest":
         from .joint import JointMachine
 
