@@ -84,7 +84,10 @@ def _pixel_groups(shape, radius: int, border: int = 0) -> list[Group]:
     rows, cols = (a.ravel() for a in np.meshgrid(np.arange(h), np.arange(w), indexing="ij"))
     offsets = _window_offsets(SimpleNamespace(h=h, w=w), radius)
     cls = np.stack([border_class(rows, h, border), border_class(cols, w, border)], 1)
-    classes = [None] if border == 0 else sorted({tuple(int(v) for v in k) for k in cls}, key=lambda k: (k != (border, border), k))
+    classes = [None]  # one group of all pixels
+    if border:  # the interior class first, then the border classes in order
+        found = {(int(a), int(b)) for a, b in cls}
+        classes = sorted(found, key=lambda k: (k != (border, border), k))
     groups = []
     for ch in range(c):
         base = ch * h * w
