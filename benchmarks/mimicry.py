@@ -61,6 +61,12 @@ CALIBRATED = {
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
+def architecture(net) -> str:
+    """The CALIBRATED key of a loaded network: its architecture, "-circular" for a circular CNN."""
+    cfg = net.config_
+    return cfg["arch"] + ("-circular" if cfg["arch_kwargs"].get("padding") == "circular" else "")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="mnist")
@@ -82,10 +88,6 @@ if __name__ == "__main__":
                          "(default: every network)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
-    def architecture(net) -> str:
-        cfg = net.config_
-        return cfg["arch"] + ("-circular" if cfg["arch_kwargs"].get("padding") == "circular" else "")
-
     arch = {Path(p).stem: architecture(load_network(p)) for p in args.nets}
     unknown = set(args.calibrate or []) - set(arch)
     if unknown:

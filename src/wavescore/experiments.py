@@ -38,9 +38,8 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
     method.md §13); its row is named "MACHINE calibrated to NAME". Joined machines reuse parts that
     an earlier configuration fitted identically (JoinedMachine.fit part_cache=), so their fit
     seconds count only what they fitted themselves."""
-    from .models import build_machine
-
     from .joined import JoinedMachine
+    from .models import build_machine
 
     models, seconds, parts = {}, {}, {}
     for cfg in configs:
@@ -55,11 +54,10 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
             raise WavescoreError(f"calibrate_to={target!r} names no reference (have: {', '.join(references or {})}):"
                                  " give its checkpoint among the networks")
         # joined machines share their fitted parts (JoinedMachine.fit part_cache=)
-        shared = {"part_cache": parts} if isinstance(m, JoinedMachine) else {}
-        if target is None:
-            m.fit(train, progress=progress, **shared)
-        else:
-            m.fit(train, progress=progress, reference=references[target], **shared)
+        extra = {"part_cache": parts} if isinstance(m, JoinedMachine) else {}
+        if target is not None:
+            extra["reference"] = references[target]
+        m.fit(train, progress=progress, **extra)
         models[name] = m
         seconds[name] = time.perf_counter() - t0
     return models, seconds
@@ -292,6 +290,7 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     from .baselines import ELSDenoiser, calibrate_els_schedule
     from .compare import compare_models, write_outputs
     from .datasets import load_dataset
+    from .joined import JoinedMachine
     from .networks import load_network
 
     train = load_dataset(data, "train")
@@ -340,7 +339,7 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
     joined = {n: {"sigmas": list(m.sigmas), "parts": [p.name for p in m.parts_],
                   "mean_weight": [m.weights_at(s).mean(1).tolist() for s in m.sigmas]}
-              for n, m in models.items() if hasattr(m, "weights_at") and hasattr(m, "parts_")}
+              for n, m in models.items() if isinstance(m, JoinedMachine)}
     result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs),
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)

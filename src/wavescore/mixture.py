@@ -404,7 +404,7 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
             logp = lowrank_log_joint(w, self._params(), float(sigma) ** 2)[0]
         else:
             logp = gmm_log_joint(w[None], self._params(), float(sigma) ** 2)[0][0]
-        return torch.logsumexp(logp, 1) if T == 1 else T * torch.logsumexp(logp / T, 1)
+        return T * torch.logsumexp(logp / T, 1)  # T = 1: x / 1.0 and 1.0 * y are exact
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """grad log p_sigma in the wavelet domain: (N, D) -> (N, D), float64."""
