@@ -274,3 +274,47 @@ def test_no_candidate_no_split():
                          progress=False)
     assert res["residual_by_band"] == {"a": None}
     assert "Where" not in matrix_markdown(res)
+
+
+class _Counting:
+    """Wraps a model and counts its denoiser calls."""
+
+    def __init__(self, model, kind="machine"):
+        self.model, self.kind_, self.calls = model, kind, 0
+
+    def denoise(self, x, sigma):
+        self.calls += 1
+        return self.model.denoise(x, sigma)
+
+
+def test_a_rerun_reads_each_keyed_model_from_the_partial_store(digits_models, tmp_path, capsys):
+    train, test, g, loc = digits_models
+
+    def run(keys, **kw):
+        models = {"loc": _Counting(loc), "g": _Counting(g), "net": _Counting(_Stub([(0.7, loc), (0.3, g)]), "network")}
+        res = compare_models(models, ["net"], train[:60], test[:60], [0.1, 1.0], n_samples=8, steps=3,
+                             progress=False, cache=tmp_path / ".partial", keys=keys, **kw)
+        return res, {n: m.calls for n, m in models.items()}
+
+    keys = {"loc": "local P1", "g": "gaussian", "net": "0.7 loc + 0.3 g"}
+    first, calls = run(keys)
+    assert min(calls.values()) > 0
+    assert len(list((tmp_path / ".partial").glob("*.pt"))) == 6  # outputs and samples of each model
+    again, calls = run(keys)
+    assert calls == {"loc": 0, "g": 0, "net": 0}
+    for k in ("r2", "models", "best_match", "residual_by_band"):
+        assert again[k] == first[k]
+    assert again["samples"]["correlation"] == first["samples"]["correlation"]
+    assert torch.equal(again["_finals"]["loc"], first["_finals"]["loc"])
+    # another key, an unkeyed model, another protocol (sigmas) or images: computed again
+    _, calls = run({**keys, "g": "gaussian, refitted", "loc": None})
+    assert calls["g"] > 0 and calls["loc"] > 0 and calls["net"] == 0
+    _, calls = run(keys, seed=1)
+    assert min(calls.values()) > 0
+    # a truncated file is said and computed again, never trusted
+    for f in (tmp_path / ".partial").glob("*.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    capsys.readouterr()
+    res, calls = run(keys)
+    assert min(calls.values()) > 0 and res["r2"] == first["r2"]
+    assert "unreadable" in capsys.readouterr().err

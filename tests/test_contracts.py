@@ -301,6 +301,7 @@ def test_mimicry_runner(tmp_path):
                                                                     "local-mixture-pixel-K4-r2"]
     assert all(sorted(w) == [0.0, 1.0] for w in jw[calibrated]["mean_weight"])
     assert (tmp_path / "out" / "samples.png").stat().st_size > 0 and (tmp_path / "out" / "matrix.md").exists()
+    assert not (tmp_path / "out" / ".partial").exists()  # kept only while the run is unfinished
     with pytest.raises(WavescoreError, match="calibrate_to='unet' names no reference"):
         run_mimicry([dict(cfgs[2], calibrate_to="unet")], "digits", tmp_path / "bad", nets=[str(tmp_path / "tinycnn.pt")],
                     n_test=20, n_samples=0, progress=False)
@@ -310,3 +311,42 @@ def test_mimicry_runner(tmp_path):
     with pytest.raises(WavescoreError, match="two configurations make a machine named 'gaussian-P1'"):
         run_mimicry(cfgs[:1] * 2, "digits", tmp_path / "dup", nets=[str(tmp_path / "tinycnn.pt")], n_test=20,
                     n_samples=0, progress=False)
+
+
+def test_a_killed_mimicry_run_resumes_from_its_partial_outputs(tmp_path, monkeypatch):
+    """An interrupted run keeps each model's outputs and samples in out/.partial; the rerun reads
+    them (no denoiser call, no sampling) and writes the same matrix."""
+    import json
+
+    import pytest
+
+    import wavescore.compare as compare
+    from wavescore.datasets import load_dataset
+    from wavescore.experiments import run_mimicry
+    from wavescore.networks import train
+
+    x = load_dataset("digits", "train")
+    net = tmp_path / "tinycnn.pt"
+    train("cnn", x[:64], epochs=1, out=net, arch_kwargs={"width": 8, "depth": 3}, progress=False)
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    kw = dict(nets=[str(net)], n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compare, "write_outputs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
+    assert len(list((tmp_path / "out" / ".partial").glob("*.pt"))) == 6
+    monkeypatch.undo()
+    calls = []
+    for name in ("_outputs", "sample"):
+        mod = compare if name == "_outputs" else __import__("wavescore.samplers", fromlist=["sample"])
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    resumed = run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
+    assert calls == []
+    monkeypatch.undo()
+    fresh = run_mimicry(cfgs, "digits", tmp_path / "fresh", **kw)
+    assert resumed["r2"] == fresh["r2"] and resumed["samples"]["correlation"] == fresh["samples"]["correlation"]
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["r2"] == fresh["r2"]
+    assert not (tmp_path / "out" / ".partial").exists()

@@ -30,10 +30,18 @@ split over Haar wavelet levels. The transform is orthonormal, so the energies ad
     1 - R^2 = ||f_machine - f_ref||^2 / SS_ref = sum_bands ||W(f_machine - f_ref)|_band||^2 / SS_ref,
 
 which says at which noise level and at which scale the machine falls short of the network.
+
+A long comparison (a mimicry matrix runs for an hour or more) can keep each model's outputs and
+final samples in a folder as it goes (``cache=``, :class:`PartialStore`): a killed run, started
+again with the same models, protocol and data, computes only what it had not finished.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -55,6 +63,53 @@ def r2(pred: torch.Tensor, ref: torch.Tensor) -> float:
     pred, ref = pred.reshape(len(pred), -1).double(), ref.reshape(len(ref), -1).double()
     ss = spread(ref)
     return float(1 - ((pred - ref) ** 2).sum() / ss) if ss > 0 else float("nan")
+
+
+class PartialStore:
+    """Per-model intermediate results of one comparison, one file per (model, stage) in ``folder``.
+
+    An entry is found only under the same model name, the same caller's ``key`` for that model
+    (what identifies it: its configuration, its checkpoint's hash) and the same ``protocol`` (sigmas,
+    seed, sampler, steps, a hash of the images): anything else is another file name, so a stale
+    entry is never read. A file is written atomically; one that does not load is computed again."""
+
+    def __init__(self, folder, protocol: Mapping):
+        self.folder = Path(folder)
+        self.protocol = json.dumps(protocol, sort_keys=True, default=str)
+
+    def path(self, name: str, key: str, stage: str) -> Path:
+        digest = hashlib.sha256(json.dumps([self.protocol, name, key, stage]).encode()).hexdigest()
+        return self.folder / f"{stage}-{digest[:24]}.pt"
+
+    def load(self, name: str, key: str | None, stage: str):
+        if key is None:
+            return None
+        path = self.path(name, key, stage)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: recompute, never trust it
+            print(f"{path}: unreadable ({type(exc).__name__}); computing {name!r} {stage} again", file=sys.stderr)
+            return None
+
+    def save(self, name: str, key: str | None, stage: str, obj) -> None:
+        if key is None:
+            return
+        from ._io import write_bytes_atomic
+
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        write_bytes_atomic(self.path(name, key, stage), buf.getvalue())
+
+
+def images_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the images' float64 bytes: the data part of a PartialStore protocol."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().double().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _outputs(model, x: torch.Tensor, sigmas: Sequence[float], seed: int, batch: int = 500):
@@ -125,7 +180,8 @@ def best_matches(result: dict) -> dict:
 
 def compare_models(models: Mapping[str, object], references: Sequence[str], train: torch.Tensor, test: torch.Tensor,
                    sigmas: Sequence[float], *, seed: int = 0, n_samples: int = 0, steps: int = 18,
-                   sampler: str = "heun", kinds: Mapping[str, str] | None = None, progress: bool = True) -> dict:
+                   sampler: str = "heun", kinds: Mapping[str, str] | None = None, progress: bool = True,
+                   cache=None, keys: Mapping[str, str] | None = None) -> dict:
     """The whole comparison as a JSON-ready dict (see the module docstring), plus ``_finals``
     (name -> final samples, not JSON) when ``n_samples`` > 0. ``kinds`` (name -> kind)
     overrides ``model_kind`` for the models it names, e.g. a machine standing in for a network.
@@ -135,7 +191,11 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
     denoiser, score per sigma), best_match (see ``best_matches``), residual_by_band (see
     ``residuals_by_band``), and with samples: samples
     (n, steps, sampler, diverged: name -> reason, correlation: reference -> model -> mean,
-    mean_squared, median, q25, q75, r)."""
+    mean_squared, median, q25, q75, r).
+
+    ``cache`` (a folder) keeps every model's outputs and final samples as they are computed
+    (:class:`PartialStore`), for the models ``keys`` names (name -> what identifies the model);
+    a rerun reads them instead of computing them again. The result is the same either way."""
     from ._io import WavescoreError, progress_bar
 
     missing = [r for r in references if r not in models]
@@ -146,14 +206,24 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
     kinds = {name: (kinds or {}).get(name) or model_kind(m) for name, m in models.items()}
     result = {"sigmas": sigmas, "seed": seed, "n_train": len(train), "n_test": len(test),
               "references": list(references), "kinds": kinds, "models": {}, "r2": {}}
+    keys = dict(keys or {})
+    store = None
+    if cache is not None:
+        store = PartialStore(cache, {"sigmas": sigmas, "seed": seed, "n_samples": n_samples, "steps": steps,
+                                     "sampler": sampler, "images": images_digest(train, test)})
     test_out = {}
     for name, model in progress_bar(models.items(), desc="models", enabled=progress, leave=False):
-        tr = _outputs(model, train, sigmas, seed + 1)
-        te = _outputs(model, test, sigmas, seed)
-        test_out[name] = te
+        got = store.load(name, keys.get(name), "outputs") if store else None
+        if got is None:
+            tr = _outputs(model, train, sigmas, seed + 1)
+            te = _outputs(model, test, sigmas, seed)
+            got = {"mse_train": [float(((o - train.double()) ** 2).mean()) for o in tr], "test_out": te}
+            if store:
+                store.save(name, keys.get(name), "outputs", got)
+        test_out[name] = got["test_out"]
         result["models"][name] = {
-            "mse_train": [float(((o - train.double()) ** 2).mean()) for o in tr],
-            "mse_test": [float(((o - test.double()) ** 2).mean()) for o in te],
+            "mse_train": got["mse_train"],
+            "mse_test": [float(((o - test.double()) ** 2).mean()) for o in got["test_out"]],
         }
     for ref in references:
         result["r2"][ref] = {}
@@ -173,13 +243,21 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
         noise = torch.randn((n_samples, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         finals, diverged = {}, {}
         for name, m in progress_bar(models.items(), desc="sampling", enabled=progress, leave=False):
-            # A polynomial score can push a trajectory to infinity (a machine refuses non-finite
-            # input, a network returns NaN): that model is reported as diverged, the rest go on.
-            try:
-                x = sample(m, n_samples, steps=steps, sampler=sampler, shape=shape, noise=noise).double().cpu()
-            except WavescoreError as exc:
-                diverged[name] = str(exc)
+            got = store.load(name, keys.get(name), "samples") if store else None
+            if got is None:
+                # A polynomial score can push a trajectory to infinity (a machine refuses non-finite
+                # input, a network returns NaN): that model is reported as diverged, the rest go on.
+                try:
+                    got = {"x": sample(m, n_samples, steps=steps, sampler=sampler, shape=shape,
+                                       noise=noise).double().cpu()}
+                except WavescoreError as exc:
+                    got = {"diverged": str(exc)}
+                if store:
+                    store.save(name, keys.get(name), "samples", got)
+            if "diverged" in got:
+                diverged[name] = got["diverged"]
                 continue
+            x = got["x"]
             if not torch.isfinite(x).all():
                 diverged[name] = "non-finite final samples"
                 continue

@@ -286,7 +286,16 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     ``compare.compare_models`` once over all of them: denoiser R^2 per sigma on ``n_test`` test
     images, final-sample r over ``n_samples`` shared initial noises (Heun, ``steps``). Writes
     compare.json, matrix.md/png and the labelled samples grid into ``out`` (compare.write_outputs)
-    with the fit seconds and the command. Returns the result dict."""
+    with the fit seconds and the command. Returns the result dict.
+
+    Each model's outputs and final samples are kept in ``out/.partial`` as they are computed
+    (compare.PartialStore), keyed by its configuration (and its reference's checkpoint hash) or
+    its checkpoint's hash: a killed run, started again, fits the machines again but computes
+    only the outputs and samples it had not finished. The folder is removed once the outputs are
+    written; delete it to recompute everything (e.g. after changing a machine's code)."""
+    import shutil
+
+    from ._io import sha256_file
     from .baselines import ELSDenoiser, calibrate_els_schedule
     from .compare import compare_models, write_outputs
     from .datasets import load_dataset
@@ -301,12 +310,21 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
         if name in nets_by_name:
             raise WavescoreError(f"two network checkpoints are named {name!r}: rename one")
         nets_by_name[name] = load_network(path)
+    net_hash = {Path(p).stem: sha256_file(p) for p in nets}
+
+    def key(options) -> str:  # what identifies a fitted model for the partial store
+        ref = options.get("calibrate_to")
+        return json.dumps({"options": options, "data": data, "n_test": n_test,
+                           "reference": net_hash.get(ref)}, sort_keys=True, default=str)
+
     models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name)
+    keys = {name: key(cfg) for name, cfg in zip(models, configs)}  # fit_models keeps the configs' order
     els = [] if els is None else [els] if isinstance(els, Mapping) else list(els)
     els_kinds = {}
     for opts in els:
         t0 = time.perf_counter()
         opts = dict(opts)
+        els_key = key({**opts, "els": True, "calibration_images": calibration_images})
         target = opts.pop("calibrate_to", None)
         name = "els" if target is None else f"els calibrated to {target}"
         if name in models:
@@ -324,16 +342,19 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
             opts["patch_size"] = sched
             models[name] = ELSDenoiser(rest, **opts)
         els_kinds[name] = "els"
+        keys[name] = els_key
         fit_seconds[name] = time.perf_counter() - t0
     for name, net in nets_by_name.items():
         if name in models:
             raise WavescoreError(f"network {name!r} is named like a model already in the comparison: "
                                  "rename the checkpoint")
         models[name] = net
+        keys[name] = net_hash[name]
     refs = list(nets_by_name)
     kinds = {**{r: "network" for r in refs}, **els_kinds}
+    partial = Path(out) / ".partial"
     result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
-                            steps=steps, kinds=kinds, progress=progress)
+                            steps=steps, kinds=kinds, progress=progress, cache=partial, keys=keys)
     finals = result.pop("_finals", None)
     schedules = {n: models[n].patch_size.to_dict() for n in els_kinds if hasattr(models[n].patch_size, "to_dict")}
     # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
@@ -344,4 +365,5 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)
     write_outputs(result, finals, out)
+    shutil.rmtree(partial, ignore_errors=True)
     return result
