@@ -197,6 +197,29 @@ def test_cli_writes_the_matrix_heatmap_and_grid(tmp_path, capsys):
     res2 = json.loads((out2 / "compare.json").read_text())
     assert "samples" not in res2 and "samples" not in res2["outputs"] and not (out2 / "samples.png").exists()
     assert res2["best_match"]["empirical"]["by_samples"] is None
+    assert not (out / ".partial").exists() and not (out2 / ".partial").exists()
+
+
+def test_a_killed_cli_compare_resumes_from_its_partial_outputs(tmp_path, monkeypatch):
+    import wavescore.compare as compare
+    from wavescore.cli import main
+
+    wsm = tmp_path / "g.wsm"
+    assert main(["fit", "--data", "digits", "--family", "gaussian", "-o", str(wsm)]) == 0
+    out = tmp_path / "cmp"
+    argv = ["compare", "--models", str(wsm), "empirical", "--data", "digits", "-n", "30", "--sigmas", "0.2,1",
+            "--samples", "6", "--steps", "3", "-o", str(out)]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compare, "write_outputs", killed)
+    assert main(argv) == 130  # main reports the interrupt, with the shell's status for SIGINT
+    assert len(list((out / ".partial").glob("*.pt"))) == 4
+    monkeypatch.undo()
+    monkeypatch.setattr(compare, "_outputs", killed)  # every output must come from the store now
+    monkeypatch.setattr("wavescore.samplers.sample", killed)
+    assert main(argv) == 0
+    assert (out / "compare.json").exists() and not (out / ".partial").exists()
 
 
 # ------------------------------------------------------------------ where the best match misses (issue 16)

@@ -556,7 +556,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- compare
 def _cmd_compare(args: argparse.Namespace) -> None:
+    import shutil
+
     from . import datasets
+    from ._io import sha256_file
     from .compare import compare_models, matrix_markdown, write_outputs
     from .evaluation import parse_sigmas
     from .models import REFERENCE_KINDS
@@ -574,11 +577,21 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         raise WavescoreError("no reference to compare against: add a network (.pt), 'empirical' or 'els', or --reference")
     train = datasets.load_dataset(args.data, "train", limit=args.n)
     test = datasets.load_dataset(args.data, args.split, limit=args.n)
+    # a killed run resumes from out/.partial (compare.PartialStore): model files are known by their
+    # hash, 'empirical' / 'els' by the data they read; a diffusers folder is always recomputed
+    keys = {}
+    for name, spec in zip(models, args.models):  # _load_models keeps the specs' order
+        if Path(spec).is_file():
+            keys[name] = sha256_file(spec)
+        elif not Path(spec).exists() and ":" not in spec:
+            keys[name] = f"{spec} data={args.data} limit={args.train_limit}"
+    partial = out / ".partial"
     result = compare_models(models, refs, train, test, sigmas, seed=args.seed, n_samples=args.samples,
-                            steps=args.steps)
+                            steps=args.steps, cache=partial, keys=keys)
     finals = result.pop("_finals", None)
     result.update(data=str(args.data), split=args.split, specs=list(args.models), command=" ".join(sys.argv))
     paths = write_outputs(result, finals, out)
+    shutil.rmtree(partial, ignore_errors=True)
     print(matrix_markdown(result), end="")
     print(f"wrote {paths['json']}, {paths['matrix_md'].name} and the figures beside it")
 
