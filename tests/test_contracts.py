@@ -321,6 +321,7 @@ def test_a_killed_mimicry_run_resumes_from_its_partial_outputs(tmp_path, monkeyp
     import pytest
 
     import wavescore.compare as compare
+    import wavescore.experiments as experiments
     from wavescore.datasets import load_dataset
     from wavescore.experiments import run_mimicry
     from wavescore.networks import train
@@ -328,7 +329,8 @@ def test_a_killed_mimicry_run_resumes_from_its_partial_outputs(tmp_path, monkeyp
     x = load_dataset("digits", "train")
     net = tmp_path / "tinycnn.pt"
     train("cnn", x[:64], epochs=1, out=net, arch_kwargs={"width": 8, "depth": 3}, progress=False)
-    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1),
+            dict(family="scheduled-local-mixture", radii=(1, 2), components=4, holdout=64, calibrate_to="tinycnn")]
     kw = dict(nets=[str(net)], n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
 
     def killed(*a, **k):
@@ -336,17 +338,23 @@ def test_a_killed_mimicry_run_resumes_from_its_partial_outputs(tmp_path, monkeyp
     monkeypatch.setattr(compare, "write_outputs", killed)
     with pytest.raises(KeyboardInterrupt):
         run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
-    assert len(list((tmp_path / "out" / ".partial").glob("*.pt"))) == 6
+    # outputs, samples and fit record of each machine, outputs and samples of the network
+    assert len(list((tmp_path / "out" / ".partial").glob("*.pt"))) == 3 * 3 + 2
     monkeypatch.undo()
+    skipped = []
+    real_fit = experiments.fit_models
+    monkeypatch.setattr(experiments, "fit_models", lambda *a, skip=(), **k: skipped.append(set(skip)) or
+                        real_fit(*a, skip=skip, **k))
     calls = []
     for name in ("_outputs", "sample"):
         mod = compare if name == "_outputs" else __import__("wavescore.samplers", fromlist=["sample"])
         real = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     resumed = run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
-    assert calls == []
+    assert calls == [] and skipped == [set(resumed["fit_seconds"])]  # nothing fitted, computed or sampled
     monkeypatch.undo()
     fresh = run_mimicry(cfgs, "digits", tmp_path / "fresh", **kw)
     assert resumed["r2"] == fresh["r2"] and resumed["samples"]["correlation"] == fresh["samples"]["correlation"]
+    assert resumed["joined_weights"] == fresh["joined_weights"] != {}
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["r2"] == fresh["r2"]
     assert not (tmp_path / "out" / ".partial").exists()

@@ -112,6 +112,13 @@ def images_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def comparison_store(folder, train: torch.Tensor, test: torch.Tensor, sigmas: Sequence[float], *, seed: int = 0,
+                     n_samples: int = 0, steps: int = 18, sampler: str = "heun") -> PartialStore:
+    """The PartialStore ``compare_models(..., cache=folder)`` reads and writes for this protocol."""
+    return PartialStore(folder, {"sigmas": [float(s) for s in sigmas], "seed": seed, "n_samples": n_samples,
+                                 "steps": steps, "sampler": sampler, "images": images_digest(train, test)})
+
+
 def _outputs(model, x: torch.Tensor, sigmas: Sequence[float], seed: int, batch: int = 500):
     """Denoiser outputs per sigma on the shared seeded noisy inputs."""
     outs = []
@@ -209,8 +216,8 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
     keys = dict(keys or {})
     store = None
     if cache is not None:
-        store = PartialStore(cache, {"sigmas": sigmas, "seed": seed, "n_samples": n_samples, "steps": steps,
-                                     "sampler": sampler, "images": images_digest(train, test)})
+        store = comparison_store(cache, train, test, sigmas, seed=seed, n_samples=n_samples, steps=steps,
+                                 sampler=sampler)
     test_out = {}
     for name, model in progress_bar(models.items(), desc="models", enabled=progress, leave=False):
         got = store.load(name, keys.get(name), "outputs") if store else None

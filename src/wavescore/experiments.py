@@ -22,22 +22,47 @@ import torch
 from ._io import WavescoreError, write_bytes_atomic, write_json
 from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
-__all__ = ["fit_models", "run_table", "markdown_table", "run_samples", "samples_table", "row_name", "run_mimicry"]
+__all__ = ["config_name", "fit_models", "run_table", "markdown_table", "run_samples", "samples_table", "row_name", "run_mimicry"]
 
 
 def row_name(machine) -> str:
     return machine.name + ("-select" if getattr(machine, "select", False) else "")
 
 
+def config_name(cfg: dict) -> str:
+    """The row name ``fit_models`` gives a configuration, known before fitting."""
+    from .models import build_machine
+
+    cfg = dict(cfg)
+    target = cfg.pop("calibrate_to", None)
+    name = build_machine(cfg).name
+    return name if target is None else f"{name} calibrated to {target}"
+
+
+class _Finished:
+    """Stands in for a machine whose outputs and samples a resumed comparison reads from its
+    partial store (compare.PartialStore), so it is not fitted again; it is never called."""
+
+    kind_ = "machine"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def denoise(self, x, sigma):
+        raise WavescoreError(f"{self.name!r} was not fitted again: its outputs should have come from the partial "
+                             "store; delete OUT/.partial and rerun")
+
+
 def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool = True,
-               references: Mapping[str, object] | None = None) -> tuple[dict, dict]:
+               references: Mapping[str, object] | None = None, skip=()) -> tuple[dict, dict]:
     """``({name: fitted machine}, {name: fit seconds})`` for every configuration (``models.build_machine``).
 
     A configuration with ``calibrate_to="NAME"`` fits its (joined) machine's weights against the
     denoiser of ``references[NAME]`` instead of the clean images (JoinedMachine.fit reference=,
     method.md §13); its row is named "MACHINE calibrated to NAME". Joined machines reuse parts that
     an earlier configuration fitted identically (JoinedMachine.fit part_cache=), so their fit
-    seconds count only what they fitted themselves."""
+    seconds count only what they fitted themselves. A name in ``skip`` is not fitted: it gets a
+    stand-in that is never called (a resumed comparison has its outputs) and no fit seconds."""
     from .joined import JoinedMachine
     from .models import build_machine
 
@@ -53,6 +78,9 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
         if target is not None and target not in (references or {}):
             raise WavescoreError(f"calibrate_to={target!r} names no reference (have: {', '.join(references or {})}):"
                                  " give its checkpoint among the networks")
+        if name in skip:
+            models[name] = _Finished(name)
+            continue
         # joined machines share their fitted parts (JoinedMachine.fit part_cache=)
         extra = {"part_cache": parts} if isinstance(m, JoinedMachine) else {}
         if target is not None:
@@ -290,14 +318,14 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
 
     Each model's outputs and final samples are kept in ``out/.partial`` as they are computed
     (compare.PartialStore), keyed by its configuration (and its reference's checkpoint hash) or
-    its checkpoint's hash: a killed run, started again, fits the machines again but computes
-    only the outputs and samples it had not finished. The folder is removed once the outputs are
+    its checkpoint's hash: a killed run, started again, fits only the machines whose outputs or
+    samples it had not finished, and computes only those. The folder is removed once the outputs are
     written; delete it to recompute everything (e.g. after changing a machine's code)."""
     import shutil
 
     from ._io import sha256_file
     from .baselines import ELSDenoiser, calibrate_els_schedule
-    from .compare import compare_models, write_outputs
+    from .compare import compare_models, comparison_store, write_outputs
     from .datasets import load_dataset
     from .joined import JoinedMachine
     from .networks import load_network
@@ -317,8 +345,27 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
         return json.dumps({"options": options, "data": data, "n_test": n_test,
                            "reference": net_hash.get(ref)}, sort_keys=True, default=str)
 
-    models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name)
-    keys = {name: key(cfg) for name, cfg in zip(models, configs)}  # fit_models keeps the configs' order
+    partial = Path(out) / ".partial"
+    store = comparison_store(partial, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples, steps=steps)
+    keys = {config_name(cfg): key(cfg) for cfg in configs}
+    # a resumed run fits only the machines whose outputs, samples or fit record are not stored
+    stages = ("outputs", "fit") + (("samples",) if n_samples else ())
+    done = {n for n, k in keys.items() if all(store.load(n, k, st) is not None for st in stages)}
+    models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name, skip=done)
+    joined = {}
+    for name, m in models.items():
+        if name in done:
+            record = store.load(name, keys[name], "fit")
+        else:
+            # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
+            weights = None if not isinstance(m, JoinedMachine) else {
+                "sigmas": list(m.sigmas), "parts": [p.name for p in m.parts_],
+                "mean_weight": [m.weights_at(s).mean(1).tolist() for s in m.sigmas]}
+            record = {"seconds": fit_seconds[name], "joined_weights": weights}
+            store.save(name, keys[name], "fit", record)
+        fit_seconds[name] = record["seconds"]
+        if record["joined_weights"] is not None:
+            joined[name] = record["joined_weights"]
     els = [] if els is None else [els] if isinstance(els, Mapping) else list(els)
     els_kinds = {}
     for opts in els:
@@ -352,15 +399,10 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
         keys[name] = net_hash[name]
     refs = list(nets_by_name)
     kinds = {**{r: "network" for r in refs}, **els_kinds}
-    partial = Path(out) / ".partial"
     result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
                             steps=steps, kinds=kinds, progress=progress, cache=partial, keys=keys)
     finals = result.pop("_finals", None)
     schedules = {n: models[n].patch_size.to_dict() for n in els_kinds if hasattr(models[n].patch_size, "to_dict")}
-    # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
-    joined = {n: {"sigmas": list(m.sigmas), "parts": [p.name for p in m.parts_],
-                  "mean_weight": [m.weights_at(s).mean(1).tolist() for s in m.sigmas]}
-              for n, m in models.items() if isinstance(m, JoinedMachine)}
     result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs),
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)
