@@ -351,6 +351,9 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     # a resumed run fits only the machines whose outputs, samples or fit record are not stored
     stages = ("outputs", "fit") + (("samples",) if n_samples else ())
     done = {n for n, k in keys.items() if all(store.load(n, k, st) is not None for st in stages)}
+    if done:
+        print(f"resuming from {partial}: {len(done)} of {len(keys)} machines are done and not fitted again",
+              file=sys.stderr)
     models, fit_seconds = fit_models(configs, train, progress=progress, references=nets_by_name, skip=done)
     joined = {}
     for name, m in models.items():
