@@ -149,6 +149,30 @@ def test_samples_grid_rows_are_labelled_in_kind_order(monkeypatch, tmp_path):
     finals = {n: torch.zeros(3, 1, 4, 4) for n in ("unet", "els", "local", "gauss")}
     plot_samples(finals, {"unet": "network", "els": "els", "local": "machine", "gauss": "machine"}, tmp_path / "s.png")
     assert seen["labels"] == ["local", "gauss", "els", "unet"]
+    # a joined machine's long name is wrapped at its parts, so the images keep most of the width
+    seen.clear()
+    long = ("joined(gaussian-P1+mixture-K10+mixture-K30+mixture-K100+local-mixture-pixel-K64-r1+gaussian+gates(own 1,2,4))"
+            " calibrated to transformer")
+
+    def capture_size(fig, path, dpi=110):
+        seen["labels"], seen["size"] = [ax.get_ylabel() for ax in fig.axes], fig.get_size_inches()
+        plots.pyplot().close(fig)
+        return path
+    monkeypatch.setattr(plots, "save_figure", capture_size)
+    plot_samples({long: torch.zeros(8, 1, 4, 4), "unet": torch.zeros(8, 1, 4, 4)},
+                 {long: "machine", "unet": "network"}, tmp_path / "s.png")
+    lines = seen["labels"][0].split("\n")
+    assert len(lines) == 4 and max(map(len, lines)) <= 44
+    assert " ".join(lines).replace("+ ", "+") == long
+    assert seen["size"][0] < 2 * 0.9 * 8  # labels narrower than the 8 images (they were 1.4x wider)
+
+
+def test_wrap_label_breaks_only_between_parts():
+    from wavescore.plots import wrap_label
+
+    assert wrap_label("unet") == "unet"
+    assert wrap_label("a+b+c", width=2) == "a+\nb+\nc"
+    assert wrap_label("x" * 50 + "+y", width=10) == "x" * 50 + "+\ny"  # a long part keeps its line
 
 
 def test_two_models_given_one_name_are_told_apart_or_refused(monkeypatch):

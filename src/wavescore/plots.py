@@ -83,6 +83,26 @@ def plot_mse_curves(result: dict, path, title: str = "denoising error", referenc
     return save_figure(fig, path)
 
 
+def wrap_label(name: str, width: int = 44) -> str:
+    """``name`` on lines of at most ``width`` characters (a longer piece keeps its own line),
+    broken only after a "+" or at a space: a joined machine's name lists its parts."""
+    pieces, line, out = [], "", []
+    for ch in name:
+        line += ch
+        if ch in "+ ":
+            pieces.append(line)
+            line = ""
+    pieces.append(line)
+    line = ""
+    for piece in pieces:
+        if line and len(line) + len(piece.rstrip()) > width:
+            out.append(line.rstrip())
+            line = ""
+        line += piece
+    out.append(line.rstrip())
+    return "\n".join(out)
+
+
 def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9) -> Path:
     """One row of images per entry of ``rows`` (name -> (k, C, H, W) in [-1, 1]), the name
     written left of its row, so a grid of several models can be read without a legend."""
@@ -90,9 +110,12 @@ def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9
     if not rows:
         raise WavescoreError("labelled_rows needs at least one row of images")
     k = max(len(x) for x in rows.values())
-    width = max(len(n) for n in rows)
+    labels = {name: wrap_label(name) for name in rows}
+    width = max(len(line) for label in labels.values() for line in label.split("\n"))
+    lines = max(label.count("\n") + 1 for label in labels.values())
+    row_height = max(scale, 0.14 * lines)  # a joined machine's name takes several lines
     fig, axes = plt.subplots(len(rows), 1, squeeze=False,
-                             figsize=(scale * k + 0.09 * width + 0.4, scale * len(rows) + (0.4 if title else 0.1)))
+                             figsize=(scale * k + 0.09 * width + 0.4, row_height * len(rows) + (0.4 if title else 0.1)))
     for ax, (name, x) in zip(axes[:, 0], rows.items()):
         img = image_grid(x, ncol=k)
         ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="equal")
@@ -100,7 +123,7 @@ def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9
         ax.set_yticks([])
         for side in ax.spines.values():
             side.set_visible(False)
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_ylabel(labels[name], rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
