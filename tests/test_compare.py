@@ -175,6 +175,23 @@ def test_wrap_label_breaks_only_between_parts():
     assert wrap_label("x" * 50 + "+y", width=10) == "x" * 50 + "+\ny"  # a long part keeps its line
 
 
+def test_the_matrix_heatmap_wraps_long_row_labels(monkeypatch, tmp_path):
+    import wavescore.plots as plots
+
+    seen = {}
+
+    def capture(fig, path, dpi=110):
+        seen["rows"] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        seen["size"] = fig.get_size_inches()
+        plots.pyplot().close(fig)
+        return path
+    monkeypatch.setattr(plots, "save_figure", capture)
+    long = "joined(gaussian-P1+mixture-K10+mixture-K30+mixture-K100+local-mixture-pixel-K64-r1) calibrated to unet"
+    plots.heatmap([[0.5, 0.6], [0.7, 0.8]], [long, "unet"], ["a", "b"], tmp_path / "h.png")
+    assert seen["rows"] == [plots.wrap_label(long), "unet"] and "\n" in seen["rows"][0]
+    assert seen["size"][0] < 1.2 * 2 + 0.07 * 45 + 2 + 1e-9
+
+
 def test_two_models_given_one_name_are_told_apart_or_refused(monkeypatch):
     import wavescore.models as models
     from wavescore.cli import _load_models

@@ -133,8 +133,11 @@ def heatmap(values, row_labels, col_labels, path, title: str = "", vmin=None, vm
     """A labelled matrix with each cell's value written in it; NaN cells left blank."""
     plt = pyplot()
     m = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
-    fig, ax = plt.subplots(figsize=(1.2 * len(col_labels) + 0.07 * max(map(len, row_labels), default=1) + 2,
-                                    0.35 * len(row_labels) + 1.4))
+    row_labels = [wrap_label(str(r)) for r in row_labels]
+    width = max((len(line) for r in row_labels for line in r.split("\n")), default=1)
+    lines = max((r.count("\n") + 1 for r in row_labels), default=1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(col_labels) + 0.07 * width + 2,
+                                    max(0.35, 0.16 * lines) * len(row_labels) + 1.4))
     im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(col_labels)), list(col_labels), rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(row_labels)), list(row_labels), fontsize=8)
