@@ -382,3 +382,28 @@ def test_a_rerun_reads_each_keyed_model_from_the_partial_store(digits_models, tm
     res, calls = run(keys)
     assert min(calls.values()) > 0 and res["r2"] == first["r2"]
     assert "unreadable" in capsys.readouterr().err
+
+
+def test_r2_plot_has_one_legend_and_one_colour_per_model(monkeypatch, tmp_path):
+    import wavescore.plots as plots
+    from wavescore.compare import plot_r2
+
+    seen = {}
+
+    def capture(fig, path, dpi=110, rect=None):
+        seen["fig"] = fig
+        return path
+    monkeypatch.setattr(plots, "save_figure", capture)
+    curve = {"denoiser": [0.9, 0.5], "score": [0.5, 0.9]}
+    result = {"sigmas": [0.1, 1.0], "kinds": {"m": "machine", "a": "network", "b": "network", "c": "network", "d": "network"},
+              "r2": {r: {n: curve for n in ("m", "a", "b", "c", "d") if n != r} for r in ("a", "b", "c", "d")}}
+    plot_r2(result, tmp_path / "r2.png")
+    fig = seen["fig"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 4 and len(fig.axes) == 6  # three to a row, the unused slots hidden
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m", "b", "c", "d", "a"]  # machines first
+    colour_of_m = {tuple(ax.get_lines()[0].get_color()) for ax in panels}
+    assert len(colour_of_m) == 1 and all(ax.get_lines()[0].get_linestyle() == "-" for ax in panels)
+    assert all(line.get_linestyle() == "--" for ax in panels for line in ax.get_lines()[1:4])
+    plots.pyplot().close(fig)

@@ -475,16 +475,39 @@ def write_outputs(result: dict, finals, out, prefix: str = "") -> dict:
 
 
 def plot_r2(result: dict, path, kind: str = "denoiser") -> Path:
-    """R^2 against sigma: a line per model, a panel per reference."""
-    from .plots import pyplot, save_figure
+    """R^2 against sigma: a panel per reference (three to a row), a line per model in one colour
+    across panels (networks dashed), and one legend below them all."""
+    from .plots import pyplot, save_figure, wrap_label
 
     plt = pyplot()
-    refs = list(result["r2"])
-    fig, axes = plt.subplots(1, max(1, len(refs)), figsize=(5.5 * max(1, len(refs)), 4.2), squeeze=False)
-    for ax, ref in zip(axes[0], refs):
-        for name, v in result["r2"][ref].items():
-            ax.semilogx(result["sigmas"], v[kind], marker="o", ms=3, label=name)
+    refs = list(result["r2"]) or [None]
+    kinds = result.get("kinds", {})
+    names = ordered_names({n: kinds.get(n, "machine") for r in result["r2"] for n in result["r2"][r]})
+    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colour = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    ncol = min(3, len(refs))
+    nrow = math.ceil(len(refs) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.8 * nrow), squeeze=False)
+    handles, rect = {}, None
+    for ax, ref in zip(axes.flat, refs):
+        for name in names:
+            v = result["r2"].get(ref, {}).get(name) if ref is not None else None
+            if v is None:
+                continue
+            style = "--" if kinds.get(name) == "network" else "-"
+            (line,) = ax.semilogx(result["sigmas"], v[kind], style, marker="o", ms=3, color=colour[name])
+            handles.setdefault(name, line)
         ax.set(title=f"R² of {kind} vs {ref}", xlabel="σ", ylabel="R²", ylim=(-0.2, 1.02))
         ax.axhline(0, color="k", lw=0.6)
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    for ax in list(axes.flat)[len(refs):]:
+        ax.set_visible(False)
+    if handles:
+        fig.legend(list(handles.values()), [wrap_label(n, 60) for n in handles], loc="lower center",
+                   ncol=min(3, len(handles)), fontsize=7, frameon=False)
+        rows = math.ceil(len(handles) / min(3, len(handles)))
+        lines = max(wrap_label(n, 60).count("\n") + 1 for n in handles)
+        legend_in = 0.15 * rows * lines + 0.2
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + legend_in)
+        rect = (0, legend_in / (height + legend_in), 1, 1)
+    return save_figure(fig, path, rect=rect)

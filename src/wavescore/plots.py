@@ -54,10 +54,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig, path, dpi: int = 110, rect=None) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it; ``rect`` (left, bottom, right,
+    top, in figure fractions) is the part the panels fill, e.g. to leave room for a legend."""
     path = Path(path)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     pyplot().close(fig)
