@@ -224,13 +224,23 @@ def test_cli_writes_the_matrix_heatmap_and_grid(tmp_path, capsys):
     assert res["best_match"]["empirical"]["by_samples"] == {"model": machine, "median_r": c["median"]}
     assert res["best_match"]["empirical"]["by_denoiser_r2"]["model"] == machine
     assert res["outputs"] == {"matrix_md": "matrix.md", "matrix_png": "matrix.png", "r2_denoiser": "r2_denoiser.png",
-                              "r2_score": "r2_score.png", "samples": "samples.png"}
+                              "r2_score": "r2_score.png", "samples": "samples.png",
+                              "samples_grid": "samples_grid.npz"}
     md = (out / "matrix.md").read_text()
     assert f"| {machine} | {c['median']:.3f} [{c['q25']:.3f}, {c['q75']:.3f}] |" in md
     assert f"best match for empirical: by median final-sample r: {machine}" in printed
     for name in ("matrix.png", "samples.png", "r2_denoiser.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.width > 200
+    # every figure is drawn again from the files alone, the same pixels
+    from wavescore.compare import redraw
+
+    before = {n: np.asarray(Image.open(out / n)) for n in ("matrix.png", "samples.png", "r2_denoiser.png")}
+    for n in before:
+        (out / n).unlink()
+    assert set(redraw(out)) == set(res["outputs"])
+    for n, img in before.items():
+        assert np.array_equal(np.asarray(Image.open(out / n)), img)
     # without samples: no grid, the heatmap shows R² and the JSON no sample keys
     out2 = tmp_path / "cmp2"
     assert main(["compare", "--models", str(wsm), "empirical", "--data", "digits", "-n", "30", "--sigmas", "0.5",

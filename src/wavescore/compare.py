@@ -453,7 +453,8 @@ def write_outputs(result: dict, finals, out, prefix: str = "") -> dict:
     """Write into ``out``, atomically, each name led by ``prefix``: compare.json (configuration
     and metrics, naming the files beside it), matrix.md (``matrix_markdown``), matrix.png
     (``plot_matrix``), r2_denoiser.png and r2_score.png, and with samples samples.png
-    (``plot_samples``). Returns {what: path}."""
+    (``plot_samples``) and samples_grid.npz (the grid's samples, so :func:`redraw` can draw every
+    figure again from the files). Returns {what: path}."""
     from ._io import write_bytes_atomic, write_json
 
     out = Path(out)
@@ -461,16 +462,50 @@ def write_outputs(result: dict, finals, out, prefix: str = "") -> dict:
     files = {"json": "compare.json", "matrix_md": "matrix.md", "matrix_png": "matrix.png",
              "r2_denoiser": "r2_denoiser.png", "r2_score": "r2_score.png"}
     if finals:
-        files["samples"] = "samples.png"
+        files.update(samples="samples.png", samples_grid="samples_grid.npz")
     paths = {k: out / f"{prefix}{v}" for k, v in files.items()}
     # the metrics first: a figure that fails to draw must not cost the numbers
     write_json(paths["json"], dict(result, outputs={k: p.name for k, p in paths.items() if k != "json"}))
     write_bytes_atomic(paths["matrix_md"], matrix_markdown(result).encode())
+    if finals:
+        names = list(finals)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, names=np.array(names),
+                            samples=np.stack([finals[n][:GRID_COLUMNS].float().numpy() for n in names]))
+        write_bytes_atomic(paths["samples_grid"], buf.getvalue())
+    _draw(result, {k: p for k, p in paths.items()}, finals)
+    return paths
+
+
+GRID_COLUMNS = 8  # samples per model in the side-by-side grid
+
+
+def _draw(result: dict, paths: Mapping[str, Path], finals) -> None:
     plot_matrix(result, paths["matrix_png"])
     plot_r2(result, paths["r2_denoiser"], "denoiser")
     plot_r2(result, paths["r2_score"], "score")
     if finals:
-        plot_samples(finals, result["kinds"], paths["samples"])
+        plot_samples(finals, result["kinds"], paths["samples"], k=GRID_COLUMNS)
+
+
+def redraw(folder, prefix: str = "") -> dict:
+    """Draw a written comparison's figures again from its compare.json and samples_grid.npz
+    (e.g. after a plotting change), without recomputing anything. Returns {what: path}."""
+    from ._io import WavescoreError
+
+    folder = Path(folder)
+    path = folder / f"{prefix}compare.json"
+    if not path.exists():
+        raise WavescoreError(f"{path} does not exist: give the folder a comparison was written to")
+    result = json.loads(path.read_text())
+    paths = {k: folder / name for k, name in result.get("outputs", {}).items()}
+    finals = None
+    if "samples_grid" in paths:
+        with np.load(paths["samples_grid"]) as z:
+            finals = {str(n): torch.from_numpy(x) for n, x in zip(z["names"], z["samples"])}
+    elif "samples" in paths:
+        paths.pop("samples")  # written before the grid's samples were kept: that figure stays as it is
+    _draw(result, paths, finals)
     return paths
 
 
