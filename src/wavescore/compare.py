@@ -498,7 +498,10 @@ def redraw(folder, prefix: str = "") -> dict:
     if not path.exists():
         raise WavescoreError(f"{path} does not exist: give the folder a comparison was written to")
     result = json.loads(path.read_text())
-    paths = {k: folder / name for k, name in result.get("outputs", {}).items()}
+    if "outputs" not in result:
+        raise WavescoreError(f"{path} was written before comparisons listed their figures: run the comparison "
+                             "again (its command is in the file)")
+    paths = {k: folder / name for k, name in result["outputs"].items()}
     finals = None
     if "samples_grid" in paths:
         with np.load(paths["samples_grid"]) as z:
