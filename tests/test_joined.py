@@ -242,3 +242,25 @@ def test_part_cache_reuses_identical_parts_and_changes_nothing(digits):
     assert len(cache) == 3 * len(SMALL_PARTS) + 1
     y = _noisy(digits[300:340], 0.5)
     assert torch.equal(first.denoise(y, 0.5), plain.denoise(y, 0.5))
+
+
+def test_parts_differing_only_in_temperature_share_one_fit(digits, tmp_path):
+    from wavescore.mixture import MixtureMachine
+
+    parts = [{"family": "gaussian"}, {"family": "mixture", "components": 3},
+             {"family": "mixture", "components": 3, "temperature": 2.0}]
+    j = JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False)
+    cold, warm = j.parts_[1], j.parts_[2]
+    assert warm is not cold and (cold.temperature, warm.temperature) == (1.0, 2.0)
+    assert warm.means_ is cold.means_ and warm.U_ is cold.U_  # one fit, the arrays not copied
+    # the shared part is exactly a tempered mixture fitted on its own (same training split)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(j.seed))
+    alone = MixtureMachine(components=3, temperature=2.0).fit(digits[:300][order[60:]], progress=False)
+    y = _noisy(digits[300:340], 1.0)
+    assert torch.equal(warm.denoise(y, 1.0), alone.denoise(y, 1.0))
+    assert not torch.equal(cold.denoise(y, 1.0), warm.denoise(y, 1.0))
+    # saved and loaded, the parts keep their own temperatures
+    j.save(tmp_path / "j.wsm")
+    back = JoinedMachine.load(tmp_path / "j.wsm")
+    assert [p.temperature for p in back.parts_[1:]] == [1.0, 2.0]
+    assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)  # as every round trip

@@ -28,6 +28,7 @@ as ELS's patch does (method.md §13, "Scheduled locality").
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -185,7 +186,10 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         ``part_cache``: a dict shared by several joined fits; a part already fitted there with
         the same class, configuration, images (shape, order and first two moments) and held-out split
         is reused, not refitted (the parts of machines that differ only in their weights'
-        reference or in a few parts are fitted once). The reused part is the same object."""
+        reference or in a few parts are fitted once). The reused part is the same object. Parts that
+        differ only in a runtime setting (a mixture's ``temperature``, ``batch_size``) share one fit
+        with or without a cache: the second is a shallow copy with its own settings, sharing the
+        first's arrays, not another fit nor another copy of them."""
         if reference is not None:
             check_reference(reference)  # before the parts' fit, not after it
         x = check_images(data, "fit", finite=True)
@@ -203,14 +207,19 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             per_image = xd.sum(1)
             data_key += (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()),
                          float((xd * xd).sum()))
+        cache = part_cache if part_cache is not None else {}
         for i, m in enumerate(progress_bar(parts, desc="fit parts", enabled=progress, leave=False)):
-            key = (type(m).__name__, json.dumps(m.get_params(), sort_keys=True, default=str), data_key)
-            if part_cache is not None and key in part_cache:
-                parts[i] = part_cache[key]
+            params = m.get_params()
+            # settings a fitted part may change (not its device: moving would touch shared arrays)
+            runtime = {k: params.pop(k) for k in sorted(m._RUNTIME_PARAMS - {"device"}) if k in params}
+            key = (type(m).__name__, json.dumps(params, sort_keys=True, default=str), data_key)
+            if key in cache:
+                base = cache[key]
+                same = all(getattr(base, k) == v for k, v in runtime.items())
+                parts[i] = base if same else copy.copy(base).set_params(**runtime)
                 continue
             m.fit(train, progress=progress)
-            if part_cache is not None:
-                part_cache[key] = m
+            cache[key] = m
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
         self.parts_ = parts
