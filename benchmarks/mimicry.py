@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from wavescore.experiments import run_mimicry
+from wavescore.experiments import config_name, run_mimicry
 from wavescore.joined import DEFAULT_PARTS
 from wavescore.networks import load_network
 
@@ -82,6 +82,8 @@ if __name__ == "__main__":
     ap.add_argument("--no-els-plain", action="store_true",
                     help="with --els-calibrate: only the calibrated ELS rows, not the one with the MNIST schedule")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="only the machines with these row names (as in the matrix), e.g. local-mixture-pixel-K16-r2-border4")
     ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
     ap.add_argument("--calibrate", nargs="*", default=None,
                     help="the networks (checkpoint stems) to calibrate their architecture's machines (CALIBRATED) against "
@@ -95,6 +97,12 @@ if __name__ == "__main__":
     targets = [] if args.no_calibrated else [n for n in arch if args.calibrate is None or n in args.calibrate]
     configs = [*MACHINES, *(dict(c, calibrate_to=n) for n in targets for c in CALIBRATED[arch[n]])]
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
+    if args.rows is not None:
+        names = {config_name(c): c for c in configs}
+        unknown = sorted(set(args.rows) - set(names))
+        if unknown:
+            ap.error(f"--rows names no configured machine: {', '.join(unknown)} (have: {', '.join(names)})")
+        configs = [c for n, c in names.items() if n in args.rows]
     els = []
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
