@@ -515,7 +515,7 @@ def redraw(folder, prefix: str = "") -> dict:
 def plot_r2(result: dict, path, kind: str = "denoiser") -> Path:
     """R^2 against sigma: a panel per reference (three to a row), a line per model in one colour
     across panels (networks dashed), and one legend below them all."""
-    from .plots import pyplot, save_figure, wrap_label
+    from .plots import label_extent, pyplot, save_figure, wrap_label
 
     plt = pyplot()
     refs = list(result["r2"]) or [None]
@@ -540,10 +540,11 @@ def plot_r2(result: dict, path, kind: str = "denoiser") -> Path:
     for ax in list(axes.flat)[len(refs):]:
         ax.set_visible(False)
     if handles:
-        fig.legend(list(handles.values()), [wrap_label(n, 60) for n in handles], loc="lower center",
-                   ncol=min(3, len(handles)), fontsize=7, frameon=False)
+        labels = [wrap_label(n, 60) for n in handles]
+        fig.legend(list(handles.values()), labels, loc="lower center", ncol=min(3, len(handles)), fontsize=7,
+                   frameon=False)
         rows = math.ceil(len(handles) / min(3, len(handles)))
-        lines = max(wrap_label(n, 60).count("\n") + 1 for n in handles)
+        lines = label_extent(labels)[1]
         legend_in = 0.15 * rows * lines + 0.2
         width, height = fig.get_size_inches()
         fig.set_size_inches(width, height + legend_in)

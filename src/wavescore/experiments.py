@@ -35,7 +35,10 @@ def config_name(cfg: dict) -> str:
 
     cfg = dict(cfg)
     target = cfg.pop("calibrate_to", None)
-    name = build_machine(cfg).name
+    return _calibrated_name(build_machine(cfg).name, target)
+
+
+def _calibrated_name(name: str, target: str | None) -> str:
     return name if target is None else f"{name} calibrated to {target}"
 
 
@@ -72,7 +75,7 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
         cfg = dict(cfg)
         target = cfg.pop("calibrate_to", None)
         m = build_machine(cfg)
-        name = m.name if target is None else f"{m.name} calibrated to {target}"
+        name = _calibrated_name(m.name, target)
         if name in models:  # a dict would silently keep only the second
             raise WavescoreError(f"two configurations make a machine named {name!r}: drop or change one")
         if target is not None and target not in (references or {}):

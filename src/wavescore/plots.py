@@ -104,6 +104,14 @@ def wrap_label(name: str, width: int = 44) -> str:
     return "\n".join(out)
 
 
+def label_extent(labels) -> tuple[int, int]:
+    """(characters in the longest line, lines in the tallest label) of multi-line labels: their
+    room in a figure."""
+    labels = list(labels)
+    return (max((len(line) for label in labels for line in label.split("\n")), default=1),
+            max((label.count("\n") + 1 for label in labels), default=1))
+
+
 def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9) -> Path:
     """One row of images per entry of ``rows`` (name -> (k, C, H, W) in [-1, 1]), the name
     written left of its row, so a grid of several models can be read without a legend."""
@@ -112,8 +120,7 @@ def labelled_rows(rows: dict, path, title: str | None = None, scale: float = 0.9
         raise WavescoreError("labelled_rows needs at least one row of images")
     k = max(len(x) for x in rows.values())
     labels = {name: wrap_label(name) for name in rows}
-    width = max(len(line) for label in labels.values() for line in label.split("\n"))
-    lines = max(label.count("\n") + 1 for label in labels.values())
+    width, lines = label_extent(labels.values())
     row_height = max(scale, 0.14 * lines)  # a joined machine's name takes several lines
     fig, axes = plt.subplots(len(rows), 1, squeeze=False,
                              figsize=(scale * k + 0.09 * width + 0.4, row_height * len(rows) + (0.4 if title else 0.1)))
@@ -135,8 +142,7 @@ def heatmap(values, row_labels, col_labels, path, title: str = "", vmin=None, vm
     plt = pyplot()
     m = np.ma.masked_invalid(np.asarray(values, dtype=np.float64))
     row_labels = [wrap_label(str(r)) for r in row_labels]
-    width = max((len(line) for r in row_labels for line in r.split("\n")), default=1)
-    lines = max((r.count("\n") + 1 for r in row_labels), default=1)
+    width, lines = label_extent(row_labels)
     fig, ax = plt.subplots(figsize=(1.2 * len(col_labels) + 0.07 * width + 2,
                                     max(0.35, 0.16 * lines) * len(row_labels) + 1.4))
     im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
