@@ -264,3 +264,60 @@ def test_parts_differing_only_in_temperature_share_one_fit(digits, tmp_path):
     back = JoinedMachine.load(tmp_path / "j.wsm")
     assert [p.temperature for p in back.parts_[1:]] == [1.0, 2.0]
     assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)  # as every round trip
+    # the file holds the shared arrays once, and the loaded parts share them again
+    with np.load(tmp_path / "j.wsm") as z:
+        assert any(k.startswith("p1.") for k in z.files) and not any(k.startswith("p2.") for k in z.files)
+    assert back.parts_[2].means_ is back.parts_[1].means_ and back.parts_[2] is not back.parts_[1]
+
+
+def test_tempered_parts_are_scored_from_one_log_joint(digits, monkeypatch):
+    """The joined score is sum_i a_i score_i whether or not tempered parts share their log joint."""
+    import wavescore.mixture as mixture
+    from wavescore.joined import shared_fits
+
+    parts = [{"family": "gaussian"}, {"family": "mixture", "components": 3},
+             {"family": "mixture", "components": 3, "temperature": 2.0},
+             {"family": "mixture", "components": 3, "temperature": 4.0}, {"family": "mixture", "components": 4}]
+    j = JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0, 5.0), combine="affine").fit(digits[:300],
+                                                                                  progress=False)
+    assert shared_fits(j.parts_) == [0, 1, 1, 1, 4]
+    x = _noisy(digits[300:340], 2.0)
+    w = j.transform_.forward(x)
+    a = j.weights_at(2.0)
+    assert bool((a[1:4] != 0).any(1).all())  # every tempered part takes part at this sigma
+    want = sum(a[i] * j.transform_.forward(m.score(x, 2.0)) for i, m in enumerate(j.parts_))
+    calls = []
+    real = mixture.gmm_log_joint
+    monkeypatch.setattr(mixture, "gmm_log_joint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = j.wavelet_score(w, 2.0)
+    assert len(calls) == 2  # one for the three temperatures of the K = 3 fit, one for K = 4
+    assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max())
+
+
+def test_joined_files_check_shared_parts(digits, tmp_path):
+    """A file whose shared part points anywhere but an earlier part of its class is refused;
+    files of version 1 (every part with its own arrays) still load."""
+    import json
+
+    from wavescore._io import write_archive
+
+    parts = [{"family": "gaussian"}, {"family": "mixture", "components": 3},
+             {"family": "mixture", "components": 3, "temperature": 2.0}]
+    j = JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False)
+    y = _noisy(digits[300:320], 1.0)
+    header, arrays = j._archive()
+    for bad in (2, 0, 5, "1"):
+        h = json.loads(json.dumps(header))
+        h["parts"][2]["shares_fit_of"] = bad
+        write_archive(tmp_path / "bad.wsm", h, arrays)
+        with pytest.raises(WavescoreError, match="shares the fit"):
+            JoinedMachine.load(tmp_path / "bad.wsm")
+    # version 1: each part's own arrays
+    h = json.loads(json.dumps(header))
+    h["version"] = 1
+    del h["parts"][2]["shares_fit_of"]
+    old = dict(arrays, **{k.replace("p1.", "p2.", 1): v for k, v in arrays.items() if k.startswith("p1.")})
+    write_archive(tmp_path / "v1.wsm", h, old)
+    back = JoinedMachine.load(tmp_path / "v1.wsm")
+    assert back.parts_[2].temperature == 2.0
+    assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)

@@ -250,6 +250,27 @@ def test_tempered_score_is_the_gradient_of_its_potential(which, request, digits)
     assert torch.equal(_tempered(m, 1.0).wavelet_score(w, 0.3), m.wavelet_score(w, 0.3)) and m.temperature == 1.0
 
 
+@pytest.mark.parametrize("which", ["fitted", "lowrank"])
+def test_several_temperatures_from_one_log_joint(which, request, digits, monkeypatch):
+    """wavelet_scores(w, s, (T1, T2, ...)) is each tempered machine's score, from one log joint."""
+    import wavescore.mixture as mixture
+
+    m = request.getfixturevalue(which)
+    w = m.transform_.forward(_noisy(digits[:40], 0.7, seed=5).double())
+    temps = (1.0, 2.0, 4.0)
+    want = torch.stack([_tempered(m, T).wavelet_score(w, 0.7) for T in temps])
+    name = "lowrank_log_joint" if which == "lowrank" else "gmm_log_joint"
+    calls = []
+    real = getattr(mixture, name)
+    monkeypatch.setattr(mixture, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = m.wavelet_scores(w, 0.7, temps)
+    assert got.shape == (3,) + tuple(w.shape) and len(calls) == 1
+    assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max())
+    for bad, match in (((), "at least one"), ((1.0, 0.0), "temperature"), ((float("nan"),), "temperature")):
+        with pytest.raises(WavescoreError, match=match):
+            m.wavelet_scores(w, 0.7, bad)
+
+
 def test_temperature_limits_closed_form(fitted, digits):
     """T -> 0: the most likely component's Gaussian score -(Sigma_k + s^2)^-1 (w - mu_k); T -> inf:
     the responsibilities are uniform, the components' scores averaged with equal weight."""

@@ -154,8 +154,9 @@ def write_archive(path: str | os.PathLike, header: dict, arrays: dict) -> Path:
     return path
 
 
-def read_archive(path: str | os.PathLike, fmt: str, version: int, what: str, hint: str) -> tuple[dict, dict]:
-    """(header, {name: torch tensor}) of a file written by :func:`write_archive`; every failure
+def read_archive(path: str | os.PathLike, fmt: str, version, what: str, hint: str) -> tuple[dict, dict]:
+    """(header, {name: torch tensor}) of a file written by :func:`write_archive` (``version``: the
+    version this reader takes, or a tuple of them); every failure
     (missing, foreign, other format or version, truncated, corrupt) is a WavescoreError that
     ends with ``hint``."""
     import zipfile
@@ -173,9 +174,10 @@ def read_archive(path: str | os.PathLike, fmt: str, version: int, what: str, hin
             header = json.loads(bytes(z["header"]).decode())
             if header.get("format") != fmt:
                 raise WavescoreError(f"{path} is not a {what} (format {header.get('format')!r})")
-            if header.get("version") != version:
+            versions = version if isinstance(version, tuple) else (version,)
+            if header.get("version") not in versions:
                 raise WavescoreError(f"{path} has {what} format version {header.get('version')}, "
-                                     f"this wavescore reads version {version}: {hint}")
+                                     f"this wavescore reads version {' or '.join(map(str, versions))}: {hint}")
             arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files if k != "header"}
     except WavescoreError:
         raise

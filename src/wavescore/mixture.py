@@ -164,18 +164,23 @@ def gmm_log_joint(y: torch.Tensor, params, s2: float):
     return logp, proj, inv
 
 
-def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+def gmm_score(y: torch.Tensor, params, s2: float, row: int | None = None, temperature=1.0) -> torch.Tensor:
     """grad_y log sum_k pi_k N(y; mu_k, Sigma_k + s2 I), responsibilities in log-sum-exp (no
     overflow from sigma 0.002 to 80): y (R, n, d) -> (R, n, d), or only coordinate ``row`` (R, n).
     ``temperature`` T: responsibilities softmax(log joint / T), the gradient of
-    T log sum_k (pi_k N_k)^(1/T) (method.md §11, "Tempered responsibilities"); T = 1 is exact."""
+    T log sum_k (pi_k N_k)^(1/T) (method.md §11, "Tempered responsibilities"); T = 1 is exact.
+    A tuple of temperatures shares one log joint: (len(T), R, n, d) (or (len(T), R, n))."""
     logp, proj, inv = gmm_log_joint(y, params, s2)
-    t = torch.softmax(logp / temperature, -1)[..., None] * proj * inv[:, None]  # (R, n, K, d)
     U = params[3]
-    if row is not None:
-        return -torch.einsum("rnkd,rkd->rn", t, U[:, :, row, :])
-    R, n, K, d = t.shape
-    return -(t.reshape(R, n, K * d) @ U.transpose(2, 3).reshape(R, K * d, d))
+    out = []
+    for T in (temperature if isinstance(temperature, tuple) else (temperature,)):
+        t = torch.softmax(logp / T, -1)[..., None] * proj * inv[:, None]  # (R, n, K, d)
+        if row is not None:
+            out.append(-torch.einsum("rnkd,rkd->rn", t, U[:, :, row, :]))
+            continue
+        R, n, K, d = t.shape
+        out.append(-(t.reshape(R, n, K * d) @ U.transpose(2, 3).reshape(R, K * d, d)))
+    return torch.stack(out) if isinstance(temperature, tuple) else out[0]
 
 
 def lowrank_precompute(params, s2: float):
@@ -208,12 +213,15 @@ def lowrank_log_joint(y: torch.Tensor, params, s2: float, pre=None):
     return logp.T, t
 
 
-def lowrank_score(y: torch.Tensor, params, s2: float, pre=None, temperature: float = 1.0) -> torch.Tensor:
+def lowrank_score(y: torch.Tensor, params, s2: float, pre=None, temperature=1.0) -> torch.Tensor:
     """grad_y log sum_k pi_k N(y; mu_k, U_k U_k^T + diag(d_k + s2)) = -sum_k r_k C_k^{-1}(y - mu_k),
     responsibilities in log-sum-exp (no overflow from sigma 0.002 to 80): y (n, d) -> (n, d);
-    ``temperature`` as in gmm_score."""
+    ``temperature`` as in gmm_score (a tuple: (len(T), n, d) from one log joint)."""
     logp, t = lowrank_log_joint(y, params, s2, pre)
-    return -torch.einsum("nk,knd->nd", torch.softmax(logp / temperature, -1), t)
+    temps = temperature if isinstance(temperature, tuple) else (temperature,)
+    r = torch.stack([torch.softmax(logp / T, -1) for T in temps])
+    out = -torch.einsum("tnk,knd->tnd", r, t)
+    return out if isinstance(temperature, tuple) else out[0]
 
 
 class MixtureMachine(Estimator, WaveletScore, Denoiser):
@@ -408,20 +416,28 @@ class MixtureMachine(Estimator, WaveletScore, Denoiser):
 
     def wavelet_score(self, w: torch.Tensor, sigma: float) -> torch.Tensor:
         """grad log p_sigma in the wavelet domain: (N, D) -> (N, D), float64."""
+        return self.wavelet_scores(w, sigma, (self.temperature,))[0]
+
+    def wavelet_scores(self, w: torch.Tensor, sigma: float, temperatures) -> torch.Tensor:
+        """The wavelet score at several temperatures from one log joint (the costly part; only
+        the softmax differs, method.md §11): (N, D) -> (len(temperatures), N, D), float64. A
+        joined machine with this mixture at T = 1, 2, 4 evaluates it once, not three times."""
         self._require_fitted()
         sigma = float(sigma)
         if not sigma > 0 or not math.isfinite(sigma):
             raise WavescoreError(f"sigma must be a positive finite number, got {sigma}")
-        out = torch.empty_like(w)
-        step = max(1, int(2e8 // (8 * self.weights_.shape[0] * w.shape[1])))
+        temps = tuple(checks.real("temperature", T, above=0) for T in temperatures)
+        if not temps:
+            raise WavescoreError("temperatures must name at least one temperature, e.g. (1.0,)")
+        out = torch.empty((len(temps),) + tuple(w.shape), dtype=w.dtype, device=w.device)
+        step = max(1, int(2e8 // (8 * self.weights_.shape[0] * w.shape[1] * len(temps))))
         if self.covariance == "lowrank":  # Woodbury, docs/method.md §11: one r x r Cholesky per component and sigma
             pre = lowrank_precompute(self._params(), sigma**2)
             for s in range(0, w.shape[0], step):
-                out[s : s + step] = lowrank_score(w[s : s + step], self._params(), sigma**2, pre, self.temperature)
+                out[:, s : s + step] = lowrank_score(w[s : s + step], self._params(), sigma**2, pre, temps)
             return out
         for s in range(0, w.shape[0], step):
-            out[s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2,
-                                          temperature=self.temperature)[0]
+            out[:, s : s + step] = gmm_score(w[None, s : s + step], self._params(), sigma**2, temperature=temps)[:, 0]
         return out
 
     # ------------------------------------------------------------------ persistence
