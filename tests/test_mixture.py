@@ -312,7 +312,9 @@ def test_temperature_is_a_runtime_setting_and_hedging_finds_it(fitted, digits):
     assert res["best"] == {"self-T2": [2.0, 2.0, 2.0], "self": [1.0, 1.0, 1.0]}
     grid = np.asarray(res["r2"]["self-T2"])
     assert np.allclose(grid[:, 2], 1.0, atol=1e-12) and (grid[:, [0, 1, 3]] < 1 - 1e-6).all()
-    assert fitted.temperature == 1.0  # restored
+    assert fitted.temperature == 1.0  # untouched
+    with pytest.raises(WavescoreError, match="tempers a fitted global mixture"):
+        hedging(ref.transform_, {"self": fitted}, digits[:10], (1.0,))
 
 
 def test_temperature_and_border_cli(tmp_path, capsys):

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ._io import WavescoreError
 from .denoiser import Denoiser
 from .evaluation import noise_for
 
@@ -351,25 +352,26 @@ def hedging(mixture, references: Mapping[str, object], x: torch.Tensor, sigmas: 
     temperature T, the denoiser R^2 (compare.r2) of the fitted global mixture with tempered
     responsibilities (method.md §11) against each reference's denoiser, on the same noisy ``x``
     (seeded noise). T = 1 is the data's posterior mean under the mixture; the best T above 1 says
-    the network hedges between digits, below 1 that it commits. The mixture's temperature is
-    restored afterwards. Returns {"sigmas", "temperatures", "r2": {ref: [[R^2 per T] per sigma]},
+    the network hedges between digits, below 1 that it commits. Every T comes from one log joint
+    per sigma; the mixture's own temperature is not touched. Returns {"sigmas", "temperatures", "r2": {ref: [[R^2 per T] per sigma]},
     "best": {ref: [best T per sigma]}}."""
     from .compare import r2
 
+    if not callable(getattr(mixture, "wavelet_scores", None)):
+        raise WavescoreError(f"hedging tempers a fitted global mixture (MixtureMachine), got {type(mixture).__name__}")
+    mixture._require_fitted()
     x = x.double()
-    old = mixture.temperature
     noisy = [x + s * noise_for(x.shape, k, seed) for k, s in enumerate(sigmas)]
     targets = {n: [ref.denoise(y, s).double() for y, s in zip(noisy, sigmas)] for n, ref in references.items()}
     grid = np.zeros((len(sigmas), len(temperatures), len(references)))
-    try:
-        for j, T in enumerate(temperatures):
-            mixture.set_params(temperature=float(T))
-            for k, (y, s) in enumerate(zip(noisy, sigmas)):
-                out = mixture.denoise(y, s).double()
-                for i, n in enumerate(references):
-                    grid[k, j, i] = r2(out, targets[n][k])
-    finally:
-        mixture.set_params(temperature=old)
+    t = mixture.transform_
+    for k, (y, s) in enumerate(zip(noisy, sigmas)):
+        # Tweedie (method.md §1) at every T from one log joint (MixtureMachine.wavelet_scores)
+        scores = mixture.wavelet_scores(t.forward(y), s, tuple(float(T) for T in temperatures))
+        for j, sc in enumerate(scores):
+            out = y + s**2 * t.inverse(sc)
+            for i, n in enumerate(references):
+                grid[k, j, i] = r2(out, targets[n][k])
     temps = [float(t) for t in temperatures]
     return {"sigmas": [float(s) for s in sigmas], "temperatures": temps,
             "r2": {n: grid[:, :, i].tolist() for i, n in enumerate(references)},
