@@ -30,6 +30,13 @@ WIDE_PARTS = [DEFAULT_PARTS[0], dict(family="mixture", components=10), dict(fami
 # method.md §11): a network that is less decisive than the posterior at high sigma
 TEMPERED_PARTS = [*WIDE_PARTS, dict(family="mixture", components=100, temperature=2.0),
                   dict(family="mixture", components=100, temperature=4.0)]
+# ... plus parts that see one 4x4 block: the Haar coefficients of levels 1-2 at one position are
+# exactly one transformer token's pixels. The orientation family (H, V, D at one position, degree 3)
+# and the parent family with no window (the position's three orientations and their parents),
+# both per position (a transformer has position embeddings); the per-band weights let the fine
+# bands take them and the coarse bands the global parts (docs/results.md, "A block-local part")
+BLOCK_PARTS = [*TEMPERED_PARTS, dict(family="orientation", degree=3),
+               dict(family="parent", degree=1, radius=0, bands="all")]
 
 MACHINES = [
     dict(family="gaussian"),
@@ -45,6 +52,8 @@ MACHINES = [
     dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
     dict(family="mixture+local-mixture"),
     dict(family="cascade", components=16, radius=1),
+    # the transformer's class: each Haar position alone (one 4x4 block at levels 1-2)
+    dict(family="orientation", degree=3),
 ]
 
 # the same machines with their per-sigma weights chosen against a network's denoiser instead of the
@@ -58,7 +67,7 @@ CALIBRATED = {
     "unet": [dict(family="mixture+local-mixture", parts=WIDE_PARTS),
              dict(family="mixture+local-mixture", parts=TEMPERED_PARTS)],
 }
-CALIBRATED["transformer"] = CALIBRATED["unet"]
+CALIBRATED["transformer"] = [*CALIBRATED["unet"], dict(family="mixture+local-mixture", parts=BLOCK_PARTS)]
 
 
 def architecture(net) -> str:
