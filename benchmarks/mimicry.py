@@ -58,16 +58,17 @@ MACHINES = [
 
 # the same machines with their per-sigma weights chosen against a network's denoiser instead of the
 # clean digits, one set per architecture (the checkpoint's): the CNNs' scheduled local mixture, the
-# U-Net's and the transformer's joined machine with and without tempered parts
+# U-Net's and the transformer's joined machine with and without tempered and block-local parts
 CALIBRATED = {
     "cnn-circular": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)],
     # the zero-padded CNN also gets the border-aware version (border classes, method.md §12)
     "cnn": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
             dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, border=4, max_samples=20_000)],
     "unet": [dict(family="mixture+local-mixture", parts=WIDE_PARTS),
-             dict(family="mixture+local-mixture", parts=TEMPERED_PARTS)],
+             dict(family="mixture+local-mixture", parts=TEMPERED_PARTS),
+             dict(family="mixture+local-mixture", parts=BLOCK_PARTS)],
 }
-CALIBRATED["transformer"] = [*CALIBRATED["unet"], dict(family="mixture+local-mixture", parts=BLOCK_PARTS)]
+CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
 def architecture(net) -> str:
