@@ -1,7 +1,9 @@
 """Analysis: exact error split, Shapley efficiency, interpretable pieces."""
 import numpy as np
+import pytest
+import torch
 
-from wavescore import ScoreMachine, load_dataset
+from wavescore import ScoreMachine, WavescoreError, load_dataset
 from wavescore.analysis import local_filters, shapley_groups, shrinkage_curves, subband_errors
 from wavescore.evaluation import evaluate_denoisers
 
@@ -65,3 +67,34 @@ def test_schedule_picks_the_better_candidate_per_sigma():
     # agreement mode: scheduling against a reference equal to one candidate always picks it
     _, res2 = schedule(cands, test[:150], sig, reference=cands["independent"])
     assert res2["choice"] == ["independent"] * 3
+
+
+def test_block_edges_closed_forms():
+    """The identity on white noise has no preferred grid (ratio 1 in expectation); a denoiser
+    constant on 4x4 blocks has no jump inside them (ratio inf); a grid that is not the model's
+    (2x2 blocks for a 4x4 model) sees jumps inside its blocks too."""
+    from wavescore.analysis import block_edges
+
+    class Identity:
+        def denoise(self, y, s):
+            return y
+
+    class Blocks:
+        def __init__(self, b):
+            self.b = b
+
+        def denoise(self, y, s):
+            pooled = torch.nn.functional.avg_pool2d(y, self.b)
+            return pooled.repeat_interleave(self.b, -1).repeat_interleave(self.b, -2)
+
+    x = torch.zeros(400, 1, 32, 32, dtype=torch.float64)
+    res = block_edges(Identity(), x, (1.0, 3.0))
+    assert all(abs(r - 1) < 0.02 for r in res["ratio"])
+    assert len(res["columns"][0]) == 31
+    assert block_edges(Blocks(4), x, (1.0,))["ratio"] == [float("inf")]
+    assert block_edges(Blocks(4), x, (1.0,), block=2)["ratio"] == [float("inf")]  # nothing inside 2x2 either
+    # a 2x2 model on the 4x4 grid: every 4x4 edge jumps; of the other 24 neighbour pairs in 31, the
+    # 8 at 2x2 edges jump (alike in law), so the ratio is 24 / 8 = 3 in expectation
+    assert abs(block_edges(Blocks(2), x, (1.0,), block=4)["ratio"][0] - 3) < 0.1
+    with pytest.raises(WavescoreError, match="block must"):
+        block_edges(Identity(), x, (1.0,), block=5)

@@ -10,6 +10,8 @@
   closed-form solve, no refit, which is what makes exact attribution cheap here.
 - :func:`shrinkage_curves` and :func:`local_filters`: the fitted nonlinearities and linear
   filters themselves.
+- :func:`hedging` and :func:`block_edges`: two biases of a network read off its denoiser, how
+  decisively it chooses between digits and how blocky it is on a patch grid.
 """
 from __future__ import annotations
 
@@ -397,3 +399,33 @@ def plot_hedging(res: dict, path, title: str = "") -> None:
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(title or "How decisively each network chooses a digit (T = 1: the posterior)", fontsize=9)
     _save(fig, path)
+
+
+def block_edges(model, x: torch.Tensor, sigmas: Sequence[float], *, block: int = 4, seed: int = 0) -> dict:
+    """How blocky a denoiser is on a ``block`` x ``block`` grid (a transformer's patch tokens):
+    at each sigma, the mean |difference| of neighbouring output pixels across the grid's edges
+    divided by the mean across all other neighbours, horizontal and vertical pairs together
+    (seeded noise). 1 is no preference for the grid (the identity on white noise, in
+    expectation); inf is a denoiser constant on every block. Returns {"sigmas", "block",
+    "ratio": [per sigma], "columns": [per sigma: mean |difference| per pair of neighbouring
+    columns and rows, over the image's mean]}."""
+    x = x.double()
+    H, W = x.shape[-2:]
+    if not isinstance(block, int) or block < 2 or H % block or W % block:
+        raise WavescoreError(f"block must be a whole number >= 2 dividing the image size {H}x{W}, got {block!r}")
+    ratios, profiles = [], []
+    for k, s in enumerate(sigmas):
+        y = x + s * noise_for(x.shape, k, seed)
+        d = model.denoise(y, s).double()
+        dx = (d[..., :, 1:] - d[..., :, :-1]).abs().mean((0, 1, 2))  # (W - 1,) per column pair
+        dy = (d[..., 1:, :] - d[..., :-1, :]).abs().mean((0, 1, 3))  # (H - 1,) per row pair
+        prof = (dx + dy) / 2 if H == W else dx
+        edge = torch.zeros(W - 1, dtype=torch.bool)
+        edge[block - 1 :: block] = True
+        edge_h = torch.zeros(H - 1, dtype=torch.bool)
+        edge_h[block - 1 :: block] = True
+        across = torch.cat([dx[edge], dy[edge_h]]).mean()
+        within = torch.cat([dx[~edge], dy[~edge_h]]).mean()
+        ratios.append(float(across / within) if within > 0 else float("inf"))
+        profiles.append((prof / prof.mean()).tolist())
+    return {"sigmas": [float(s) for s in sigmas], "block": block, "ratio": ratios, "columns": profiles}
