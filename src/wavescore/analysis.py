@@ -413,6 +413,8 @@ def block_edges(model, x: torch.Tensor, sigmas: Sequence[float], *, block: int =
     H, W = x.shape[-2:]
     if not isinstance(block, int) or block < 2 or H % block or W % block:
         raise WavescoreError(f"block must be a whole number >= 2 dividing the image size {H}x{W}, got {block!r}")
+    # which neighbour pairs straddle a grid edge: columns then rows, in the order of cat([dx, dy])
+    edge = torch.cat([torch.arange(1, n) % block == 0 for n in (W, H)])
     ratios, profiles = [], []
     for k, s in enumerate(sigmas):
         y = x + s * noise_for(x.shape, k, seed)
@@ -420,12 +422,8 @@ def block_edges(model, x: torch.Tensor, sigmas: Sequence[float], *, block: int =
         dx = (d[..., :, 1:] - d[..., :, :-1]).abs().mean((0, 1, 2))  # (W - 1,) per column pair
         dy = (d[..., 1:, :] - d[..., :-1, :]).abs().mean((0, 1, 3))  # (H - 1,) per row pair
         prof = (dx + dy) / 2 if H == W else dx
-        edge = torch.zeros(W - 1, dtype=torch.bool)
-        edge[block - 1 :: block] = True
-        edge_h = torch.zeros(H - 1, dtype=torch.bool)
-        edge_h[block - 1 :: block] = True
-        across = torch.cat([dx[edge], dy[edge_h]]).mean()
-        within = torch.cat([dx[~edge], dy[~edge_h]]).mean()
+        jumps = torch.cat([dx, dy])
+        across, within = jumps[edge].mean(), jumps[~edge].mean()
         ratios.append(float(across / within) if within > 0 else float("inf"))
         profiles.append((prof / prof.mean()).tolist())
     return {"sigmas": [float(s) for s in sigmas], "block": block, "ratio": ratios, "columns": profiles}
