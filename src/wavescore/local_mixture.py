@@ -61,7 +61,7 @@ def centre_score(y: torch.Tensor, params, s2: float) -> torch.Tensor:
     mu = means - centre
     P = (U / (lam + s2)[:, :, None, :]) @ U.transpose(-1, -2)  # (R, K, m, m)
     Pmu = (P @ mu[..., None])[..., 0]  # (R, K, m)
-    iu, ju = torch.triu_indices(m, m)
+    iu, ju = torch.triu_indices(m, m, device=P.device)
     quad = P[:, :, iu, ju] * torch.where(iu == ju, 1.0, 2.0).to(P.dtype)  # off-diagonal pairs count twice
     const = torch.log(weights) - 0.5 * (torch.log(lam + s2).sum(-1) + (mu * Pmu).sum(-1) + m * math.log(2 * math.pi))
     coef = torch.cat([-0.5 * quad, Pmu], -1).transpose(1, 2)  # (R, m(m+1)/2 + m, K)
