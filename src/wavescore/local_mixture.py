@@ -53,8 +53,9 @@ def centre_score(y: torch.Tensor, params, s2: float) -> torch.Tensor:
     quadratic form in y: log pi_k - (log det + m log 2 pi)/2 + (P_k mu_k).y - y^T P_k y / 2, so one
     GEMM of the n x (m(m+1)/2 + m) products y_i y_j (i <= j), y against K columns gives it, and
     the score is -r (P_k row 0) . y + r (P_k mu_k)_0. Nothing n x K x m is built, which
-    gmm_score's per-component projections need: 8x faster for 3x3 patches and K = 64. The
-    patches are centred on the mean of the means first, so the expanded form cancels little."""
+    gmm_score's per-component projections need: 9.9x faster for 3x3 patches and K = 64
+    (benchmarks/local_score_speed.py). The patches are centred on the mean of the means first,
+    so the expanded form cancels little."""
     weights, means, lam, U = params
     R, K, m = means.shape
     centre = means.mean(1, keepdim=True)  # (R, 1, m)
