@@ -32,6 +32,7 @@ import torch
 from . import _checks as checks
 from ._io import WavescoreError, progress_bar
 from .denoiser import Denoiser
+from .features import monomials
 from .fitting import Estimator, begin_fit
 from .machine import WaveletScore
 from .mixture import check_mixture_params, gmm_from_stats, gmm_log_joint, kmeans
@@ -50,28 +51,35 @@ def centre_score(y: torch.Tensor, params, s2: float) -> torch.Tensor:
     (R, n), equal to mixture.gmm_score(y, params, s2, row=0) to round-off.
 
     With P_k = (Sigma_k + s2 I)^-1 formed once per call (K m x m matrices), the log joint is a
-    quadratic form in y: log pi_k - (log det + m log 2 pi)/2 + (P_k mu_k).y - y^T P_k y / 2, so one
-    GEMM of the n x (m(m+1)/2 + m) products y_i y_j (i <= j), y against K columns gives it, and
-    the score is -r (P_k row 0) . y + r (P_k mu_k)_0. Nothing n x K x m is built, which
-    gmm_score's per-component projections need: 9.9x faster for 3x3 patches and K = 64
-    (benchmarks/local_score_speed.py). The patches are centred on the mean of the means first,
-    so the expanded form cancels little."""
+    polynomial of degree 2 in y: log pi_k - (log det + m log 2 pi)/2 + (P_k mu_k).y - y^T P_k y / 2,
+    so one GEMM of the patches' monomials (features.monomials(m, 2): 1, y_i, y_i y_j) against K
+    columns of coefficients gives it, and the score is -r (P_k row 0) . y + r (P_k mu_k)_0. Nothing
+    n x K x m is built, which gmm_score's per-component projections need: about 10x faster for 3x3
+    patches and K = 64 (benchmarks/local_score_speed.py). The patches are centred on the mean of
+    the means first, so the expanded form cancels little."""
     weights, means, lam, U = params
     R, K, m = means.shape
     centre = means.mean(1, keepdim=True)  # (R, 1, m)
     mu = means - centre
     P = (U / (lam + s2)[:, :, None, :]) @ U.transpose(-1, -2)  # (R, K, m, m)
     Pmu = (P @ mu[..., None])[..., 0]  # (R, K, m)
-    iu, ju = torch.triu_indices(m, m, device=P.device)
-    quad = P[:, :, iu, ju] * torch.where(iu == ju, 1.0, 2.0).to(P.dtype)  # off-diagonal pairs count twice
-    const = torch.log(weights) - 0.5 * (torch.log(lam + s2).sum(-1) + (mu * Pmu).sum(-1) + m * math.log(2 * math.pi))
-    coef = torch.cat([-0.5 * quad, Pmu], -1).transpose(1, 2)  # (R, m(m+1)/2 + m, K)
+    phi = monomials(m, 2)
+    deg = phi.exps.sum(1)
+    lin, quad = np.nonzero(deg == 1)[0], np.nonzero(deg == 2)[0]
+    a, b = phi.var[phi.parent[quad]], phi.var[quad]  # a degree-2 monomial is y_a y_b (a <= b)
+    coef = torch.zeros(R, phi.F, K, dtype=P.dtype, device=P.device)
+    coef[:, 0] = torch.log(weights) - 0.5 * (torch.log(lam + s2).sum(-1) + (mu * Pmu).sum(-1)
+                                             + m * math.log(2 * math.pi))
+    coef[:, lin] = Pmu[:, :, phi.var[lin]].transpose(1, 2)
+    # -y^T P y / 2 puts -P_aa / 2 on y_a^2 and -P_ab on y_a y_b (a < b): the pair appears twice
+    half = torch.as_tensor(np.where(a == b, 0.5, 1.0), dtype=P.dtype, device=P.device)
+    coef[:, quad] = -(P[:, :, a, b] * half).transpose(1, 2)
     P0, b0 = P[:, :, 0, :], Pmu[:, :, 0]
     out = torch.empty(y.shape[:2], dtype=y.dtype, device=y.device)
-    step = max(1, int(_CHUNK // (R * (coef.shape[1] + K))))
+    step = max(1, int(_CHUNK // (R * (phi.F + K))))
     for s in range(0, y.shape[1], step):
         ys = y[:, s : s + step] - centre
-        r = torch.softmax(torch.cat([ys[..., iu] * ys[..., ju], ys], -1) @ coef + const[:, None], -1)  # (R, n, K)
+        r = torch.softmax(phi(ys) @ coef, -1)  # (R, n, K)
         out[:, s : s + step] = (r * b0[:, None]).sum(-1) - ((r @ P0) * ys).sum(-1)
     return out
 
