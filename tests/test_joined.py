@@ -321,3 +321,37 @@ def test_joined_files_check_shared_parts(digits, tmp_path):
     back = JoinedMachine.load(tmp_path / "v1.wsm")
     assert back.parts_[2].temperature == 2.0
     assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)
+
+
+def test_a_part_fitted_on_its_own_images(digits, tmp_path):
+    """A part with ``data`` is exactly that machine fitted on all of those images (here the last 500
+    digits, saved as the .npz `wavescore sample` writes); the weights still come from the
+    held-out training images; the name says which images; saved and loaded, nothing changes."""
+    from wavescore.mixture import MixtureMachine
+
+    own = tmp_path / "net-samples.npz"
+    np.savez(own, samples=digits[-500:].float().numpy())
+    parts = [{"family": "gaussian"}, {"family": "mixture", "components": 3},
+             {"family": "mixture", "components": 3, "data": str(own)}]
+    j = JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False)
+    alone = MixtureMachine(components=3).fit(load_dataset(str(own)), progress=False)
+    y = _noisy(digits[300:340], 1.0)
+    assert torch.equal(j.parts_[2].denoise(y, 1.0), alone.denoise(y, 1.0))
+    assert not torch.allclose(j.parts_[1].denoise(y, 1.0), alone.denoise(y, 1.0), atol=1e-3)
+    assert j.name == "joined(gaussian-P1+mixture-K3+mixture-K3@net-samples)"
+    assert j.choice_["parts"][2] == "mixture-K3@net-samples" and j.parts_[2].n_samples_ == 500
+    j.save(tmp_path / "j.wsm")
+    back = JoinedMachine.load(tmp_path / "j.wsm")
+    assert back.name == j.name and back.parts[2]["data"] == str(own)
+    assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)
+    # the part cache tells the two K = 3 mixtures apart by their images
+    cache = {}
+    JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False, part_cache=cache)
+    assert len(cache) == 3
+    # a missing file or images of another size: one line, before any fit
+    with pytest.raises(WavescoreError, match="existing .npy/.npz"):
+        JoinedMachine(parts=[{"family": "gaussian", "data": str(tmp_path / "none.npz")}])
+    np.savez(tmp_path / "small.npz", samples=np.zeros((10, 1, 4, 4), np.float32))
+    with pytest.raises(WavescoreError, match=r"shape \(1, 4, 4\).*same size"):
+        JoinedMachine(parts=[{"family": "gaussian", "data": str(tmp_path / "small.npz")}], holdout=60).fit(
+            digits[:300], progress=False)

@@ -25,6 +25,12 @@ output on the same noisy images instead of the clean ones: the weights then imit
 ``scheduled_local_mixture`` (preset ``scheduled-local-mixture``) joins shared local mixtures of
 several radii with combine="select" and one weight per sigma: the neighbourhood grows with sigma,
 as ELS's patch does (method.md §13, "Scheduled locality").
+
+A part's configuration may name its own images with ``"data"`` (a dataset name or a .npy/.npz
+file, as ``load_dataset`` takes them): that part is fitted on all of those images instead of the
+training images, e.g. a mixture fitted on a network's own samples, whose posterior mean is that
+network's learned distribution's (method.md §13, "A part fitted on other images"). The weights are
+still chosen on the held-out training images; the part's name gets ``@`` and the file's stem.
 """
 from __future__ import annotations
 
@@ -140,6 +146,9 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
                                  f"'family' among {', '.join(PRESETS)}, e.g. {list(DEFAULT_PARTS)}")
         if any(PRESETS[p["family"]].machine == "joined" for p in parts):
             raise WavescoreError("a joined machine cannot be a part of another: list its parts instead")
+        for i, p in enumerate(parts):
+            if "data" in p:
+                p["data"] = _check_part_data(p["data"], i)
         self.parts = parts
         if self.combine not in COMBINE:
             raise WavescoreError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
@@ -158,7 +167,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
 
         made = []
         for p in self.parts:
-            cfg = dict(p)
+            cfg = {k: v for k, v in p.items() if k != "data"}
             if self.max_memory is not None and "max_memory" not in cfg:
                 cfg["max_memory"] = self.max_memory
             made.append(make_machine(**cfg))
@@ -171,8 +180,13 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         if radii is not None:  # the scheduled local mixture: one name showing its radii
             base, r0 = parts[0].name, f"-K{parts[0].components}-r{parts[0].radius}"
             return "scheduled-" + base.replace(r0, f"-K{parts[0].components}-r{'-'.join(map(str, radii))}", 1)
-        names = "+".join(m.name for m in parts)
+        names = "+".join(self._part_names(parts))
         return f"joined({names}){'' if self.combine == 'convex' else '-' + self.combine}"
+
+    def _part_names(self, parts=None) -> list[str]:
+        """Each part's name, with ``@`` and its images' stem for a part fitted on its own ``data``."""
+        parts = self.parts_ if parts is None else parts
+        return [m.name + (f"@{Path(p['data']).stem}" if "data" in p else "") for p, m in zip(self.parts, parts)]
 
     def _scheduled_radii(self) -> list[int] | None:
         """The radii when this is a scheduled local mixture (one whole-image choice per sigma among
@@ -218,23 +232,26 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         held, train = x[order[: self.holdout]], x[order[self.holdout :]]
         parts = self._make_parts()
         data_key = (tuple(shape), x.shape[0], self.seed, self.holdout)
-        if part_cache is not None:  # a cheap fingerprint of the images and their order (the split)
-            xd = x.to(torch.float64).flatten(1)
-            per_image = xd.sum(1)
-            data_key += (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()),
-                         float((xd * xd).sum()))
+        if part_cache is not None:
+            data_key += _fingerprint(x)
         cache = part_cache if part_cache is not None else {}
+        own = {}  # a part's own images (method.md §13, "A part fitted on other images"), loaded once per name
+        for i, p in enumerate(self.parts):
+            if "data" in p and p["data"] not in own:
+                own[p["data"]] = _load_part_data(p["data"], i, shape)
         for i, m in enumerate(progress_bar(parts, desc="fit parts", enabled=progress, leave=False)):
             params = m.get_params()
             # settings a fitted part may change (not its device: moving would touch shared arrays)
             runtime = {k: params.pop(k) for k in sorted(m._RUNTIME_PARAMS - {"device"}) if k in params}
-            key = (type(m).__name__, json.dumps(params, sort_keys=True, default=str), data_key)
+            data = self.parts[i].get("data")
+            part_key = data_key if data is None else ("data", data, *_fingerprint(own[data]))
+            key = (type(m).__name__, json.dumps(params, sort_keys=True, default=str), part_key)
             if key in cache:
                 base = cache[key]
                 same = all(getattr(base, k) == v for k, v in runtime.items())
                 parts[i] = base if same else copy.copy(base).set_params(**runtime)
                 continue
-            m.fit(train, progress=progress)
+            m.fit(train if data is None else own[data], progress=progress)
             cache[key] = m
         self.shape_ = shape
         self.transform_ = WaveletTransform(shape, self.wavelet, self.levels)
@@ -282,7 +299,7 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             joined = (a.T[:, band][:, None] * res).sum(0)
             mse[k, :P] = (res**2).mean((1, 2)).numpy()
             mse[k, P] = float((joined**2).mean())
-        return {"sigmas": list(self.sigmas), "parts": [m.name for m in self.parts_], "weights": weights.tolist(),
+        return {"sigmas": list(self.sigmas), "parts": self._part_names(), "weights": weights.tolist(),
                 "mse": mse.tolist(), "mse_by_combine": {c: v.tolist() for c, v in other.items()},
                 "n_images": int(x.shape[0]), "reference": None if reference is None else reference_name(reference),
                 "bands": [b.name for b in self.transform_.layout.bands] if self.per_band else ["all"]}
@@ -393,6 +410,37 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
                                  f"{(len(m.sigmas), len(m.parts), B)} finite values: {hint}")
         m.choice_, m.n_samples_, m.fit_time_ = choice, header["count"], header.get("fit_time")
         return m
+
+
+def _fingerprint(x: torch.Tensor) -> tuple[float, float, float]:
+    """A cheap fingerprint of images and their order (the held-out split): the part cache's key."""
+    xd = x.to(torch.float64).flatten(1)
+    per_image = xd.sum(1)
+    return (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()), float((xd * xd).sum()))
+
+
+def _check_part_data(data, i: int) -> str:
+    """A part's ``data``: a dataset name or an existing file or folder, checked before any fit."""
+    from .datasets import list_datasets
+
+    if isinstance(data, Path):
+        data = str(data)
+    if not isinstance(data, str) or not (data in list_datasets() or Path(data).exists()):
+        raise WavescoreError(f"part {i}'s data must be a dataset name ({', '.join(list_datasets())}) or an existing "
+                             f".npy/.npz file or folder of images, got {data!r}: e.g. the .npz that `wavescore "
+                             "sample` writes beside its grid")
+    return data
+
+
+def _load_part_data(data: str, i: int, shape: tuple) -> torch.Tensor:
+    """Part i's own training images, which must have the joined machine's image shape."""
+    from .datasets import load_dataset
+
+    x = check_images(load_dataset(data, "train"), f"part {i}'s data", finite=True)
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise WavescoreError(f"part {i}'s data {data!r} holds images of shape {tuple(x.shape[1:])}, the training "
+                             f"images have {tuple(shape)}: give images of the same size (pad or crop them first)")
+    return x
 
 
 def scheduled_local_mixture(radii=(1, 2, 3), *, holdout: int = 256, sigmas=JOIN_SIGMAS, wavelet: str = "haar",
