@@ -71,6 +71,15 @@ CALIBRATED = {
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
+def own_sample_parts(path: str) -> list[dict]:
+    """TEMPERED_PARTS plus global mixtures (K = 30, 100) fitted on a network's own samples (``path``,
+    the .npz of `wavescore sample`): the network's learned distribution as parts (method.md §13,
+    "A part fitted on other images"). Distillation, not a prior: rows with these parts are named
+    ``...@<stem>`` and are calibrated to the network whose samples they hold."""
+    return [*TEMPERED_PARTS, dict(family="mixture", components=30, data=path),
+            dict(family="mixture", components=100, data=path)]
+
+
 def architecture(net) -> str:
     """The CALIBRATED key of a loaded network: its architecture, "-circular" for a circular CNN."""
     cfg = net.config_
@@ -98,6 +107,9 @@ if __name__ == "__main__":
     ap.add_argument("--calibrate", nargs="*", default=None,
                     help="the networks (checkpoint stems) to calibrate their architecture's machines (CALIBRATED) against "
                          "(default: every network)")
+    ap.add_argument("--own-samples", nargs="*", default=[], metavar="NET=NPZ",
+                    help="add a row calibrated to NET whose parts include mixtures fitted on NET's own samples "
+                         "(NPZ from `wavescore sample --model NET.pt -n 4000 --seed 7`; not seed 0, the matrix's noise)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     arch = {Path(p).stem: architecture(load_network(p)) for p in args.nets}
@@ -106,6 +118,11 @@ if __name__ == "__main__":
         ap.error(f"--calibrate names networks not among --nets: {', '.join(sorted(unknown))}")
     targets = [] if args.no_calibrated else [n for n in arch if args.calibrate is None or n in args.calibrate]
     configs = [*MACHINES, *(dict(c, calibrate_to=n) for n in targets for c in CALIBRATED[arch[n]])]
+    for spec in args.own_samples:
+        net, _, path = spec.partition("=")
+        if net not in arch or not path:
+            ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}), got {spec!r}")
+        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path), calibrate_to=net))
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:
         names = {config_name(c): c for c in configs}
