@@ -389,3 +389,21 @@ def test_sixteen_bit_pngs_keep_their_precision(tmp_path):
     assert x.shape == (3, 3, 4, 4)
     assert torch.allclose(x[0], want16.expand(3, 4, 4), atol=1e-6)
     assert torch.allclose(x[1], want8.expand(3, 4, 4), atol=1e-6) and torch.allclose(x[2], x[1])
+
+
+def test_wavescore_sample_npz_is_taken_on_the_models_scale(tmp_path):
+    """`wavescore sample` writes the sampler's output, which overshoots [-1, 1] a little (a network's
+    samples reach -1.13 and 1.21): that file loads unchanged and unclipped; the same floats under
+    any other key are still refused by the range rules; NaN samples are refused."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.2, 1.25, size=(5, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", samples=x)
+    got = load_dataset(str(tmp_path / "s.npz"))
+    assert got.dtype == torch.float32 and np.array_equal(got.numpy(), x)
+    np.savez(tmp_path / "x.npz", x=x)
+    with pytest.raises(WavescoreError, match="fits none of the accepted ranges"):
+        load_dataset(str(tmp_path / "x.npz"))
+    x[2, 0, 3, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", samples=x)
+    with pytest.raises(WavescoreError, match="NaN or inf samples"):
+        load_dataset(str(tmp_path / "nan.npz"))

@@ -28,6 +28,8 @@
   be finite and lie in one of three ranges, tried in order: [0, 1] -> ``2 x - 1``; [-1, 1]
   (so min < 0) -> as is; [0, 255] (so max > 1) -> ``x / 127.5 - 1``; anything else is an
   error. Range edges allow 1e-6 (``FLOAT_TOLERANCE``), clipped back onto [-1, 1].
+  The ``.npz`` that ``wavescore sample`` writes (one float array named ``samples``) is on the
+  models' scale already and taken as it is, unclipped: a network's samples overshoot [-1, 1] a little.
   Folders: files sorted by name, greyscale when every image is greyscale, else RGB (alpha
   dropped). 8-bit images map by ``x / 127.5 - 1``; 16-bit greyscale PNGs (PIL modes
   ``I;16``/``I;16B``/``I``) are read at full precision, ``2 x / 65535 - 1``; in a folder
@@ -450,13 +452,15 @@ def _load_array_file(path: Path):
                 if key is None:
                     raise WavescoreError(f"{path}: name the image array 'x' or 'images' (found {keys})")
                 a = z[key]
+                if keys == ["samples"] and a.dtype.kind == "f":  # `wavescore sample`'s: the models' scale
+                    key = "samples"
                 ykey = next((k for k in ("y", "labels") if k in keys), None)
                 y = z[ykey] if ykey else None
         else:
-            a, y = np.load(path, allow_pickle=False), None
+            a, y, key = np.load(path, allow_pickle=False), None, None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
-    return a, y
+    return a, y, key
 
 
 def _load_folder(path: Path):
@@ -570,7 +574,7 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             x, y = x[:limit], y[:limit]
             images = torch.from_numpy((x / 8 - 1).astype(np.float32))
     else:
-        path = Path(name)
+        path, model_scale = Path(name), False
         if not path.exists():
             raise WavescoreError(f"unknown dataset {name!r}: choose one of {', '.join(_DESCRIPTIONS)} "
                                  "or give a .npy/.npz file or a folder of images")
@@ -583,7 +587,8 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             except (ValueError, OSError) as exc:
                 raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
         elif path.suffix in (".npy", ".npz"):
-            a, y = _load_array_file(path)
+            a, y, key = _load_array_file(path)
+            model_scale = key == "samples"
         else:
             raise WavescoreError(f"{path}: give a .npy/.npz array or a folder of PNG/JPEG images")
         a = np.asarray(a)
@@ -594,7 +599,9 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             raise WavescoreError(f"{path}: {a.shape[0]} images but {np.asarray(y).size} labels; "
                                  "give one label per image or drop the labels")
         a = a[:limit]
-        images = torch.from_numpy(np.ascontiguousarray(_scale(a, path)))
+        if model_scale and not np.isfinite(a).all():
+            raise WavescoreError(f"{path} holds NaN or inf samples: the sampler diverged; sample them again")
+        images = torch.from_numpy(np.ascontiguousarray(a.astype(np.float32) if model_scale else _scale(a, path)))
         try:
             y = (np.asarray(y, dtype=np.int64).reshape(-1)[:limit] if y is not None
                  else np.full(len(images), -1, dtype=np.int64))
