@@ -365,7 +365,7 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
         else:
             # what each joined machine took from each part at each grid sigma (its mean weight over coefficients)
             weights = None if not isinstance(m, JoinedMachine) else {
-                "sigmas": list(m.sigmas), "parts": [p.name for p in m.parts_],
+                "sigmas": list(m.sigmas), "parts": list(m.choice_["parts"]),
                 "mean_weight": [m.weights_at(s).mean(1).tolist() for s in m.sigmas]}
             record = {"seconds": fit_seconds[name], "joined_weights": weights}
             store.save(name, keys[name], "fit", record)
