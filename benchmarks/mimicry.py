@@ -120,8 +120,9 @@ if __name__ == "__main__":
     configs = [*MACHINES, *(dict(c, calibrate_to=n) for n in targets for c in CALIBRATED[arch[n]])]
     for spec in args.own_samples:
         net, _, path = spec.partition("=")
-        if net not in arch or not path:
-            ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}), got {spec!r}")
+        if net not in arch or not Path(path).is_file():
+            ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}) and an existing NPZ, "
+                     f"got {spec!r}")
         configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path), calibrate_to=net))
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:

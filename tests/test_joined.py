@@ -348,9 +348,15 @@ def test_a_part_fitted_on_its_own_images(digits, tmp_path):
     cache = {}
     JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False, part_cache=cache)
     assert len(cache) == 3
-    # a missing file or images of another size: one line, before any fit
+    # the fitted machine loads without its part's images (they are fitted into its arrays)
+    own.unlink()
+    assert torch.equal(JoinedMachine.load(tmp_path / "j.wsm").denoise(y, 1.0), back.denoise(y, 1.0))
+    # a missing file or images of another size: one line, before any part is fitted
     with pytest.raises(WavescoreError, match="existing .npy/.npz"):
-        JoinedMachine(parts=[{"family": "gaussian", "data": str(tmp_path / "none.npz")}])
+        JoinedMachine(parts=[{"family": "gaussian"}, {"family": "gaussian", "data": str(tmp_path / "none.npz")}],
+                      holdout=60).fit(digits[:300], progress=False)
+    with pytest.raises(WavescoreError, match="existing .npy/.npz"):
+        JoinedMachine(parts=[{"family": "gaussian", "data": 3}])
     np.savez(tmp_path / "small.npz", samples=np.zeros((10, 1, 4, 4), np.float32))
     with pytest.raises(WavescoreError, match=r"shape \(1, 4, 4\).*same size"):
         JoinedMachine(parts=[{"family": "gaussian", "data": str(tmp_path / "small.npz")}], holdout=60).fit(

@@ -222,6 +222,9 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         first's arrays, not another fit nor another copy of them."""
         if reference is not None:
             check_reference(reference)  # before the parts' fit, not after it
+        for i, p in enumerate(self.parts):
+            if "data" in p:
+                _check_part_data(p["data"], i, exists=True)
         x = check_images(data, "fit", finite=True)
         if x.shape[0] < 2 * self.holdout:
             raise WavescoreError(f"a joined machine holds out {self.holdout} images for its weights and needs at "
@@ -419,13 +422,14 @@ def _fingerprint(x: torch.Tensor) -> tuple[float, float, float]:
     return (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()), float((xd * xd).sum()))
 
 
-def _check_part_data(data, i: int) -> str:
-    """A part's ``data``: a dataset name or an existing file or folder, checked before any fit."""
+def _check_part_data(data, i: int, exists: bool = False) -> str:
+    """A part's ``data``: a dataset name or a path; with ``exists`` (at fit, before any part is
+    fitted) the path must exist. A fitted machine loads without its parts' images."""
     from .datasets import list_datasets
 
     if isinstance(data, Path):
         data = str(data)
-    if not isinstance(data, str) or not (data in list_datasets() or Path(data).exists()):
+    if not isinstance(data, str) or not data or (exists and not (data in list_datasets() or Path(data).exists())):
         raise WavescoreError(f"part {i}'s data must be a dataset name ({', '.join(list_datasets())}) or an existing "
                              f".npy/.npz file or folder of images, got {data!r}: e.g. the .npz that `wavescore "
                              "sample` writes beside its grid")
@@ -436,7 +440,7 @@ def _load_part_data(data: str, i: int, shape: tuple) -> torch.Tensor:
     """Part i's own training images, which must have the joined machine's image shape."""
     from .datasets import load_dataset
 
-    x = check_images(load_dataset(data, "train"), f"part {i}'s data", finite=True)
+    x = check_images(load_dataset(_check_part_data(data, i, exists=True), "train"), f"part {i}'s data", finite=True)
     if tuple(x.shape[1:]) != tuple(shape):
         raise WavescoreError(f"part {i}'s data {data!r} holds images of shape {tuple(x.shape[1:])}, the training "
                              f"images have {tuple(shape)}: give images of the same size (pad or crop them first)")
