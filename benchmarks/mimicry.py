@@ -71,13 +71,14 @@ CALIBRATED = {
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
-def own_sample_parts(path: str) -> list[dict]:
-    """TEMPERED_PARTS plus global mixtures (K = 30, 100) fitted on a network's own samples (``path``,
-    the .npz of `wavescore sample`): the network's learned distribution as parts (method.md §13,
-    "A part fitted on other images"). Distillation, not a prior: rows with these parts are named
-    ``...@<stem>`` and are calibrated to the network whose samples they hold."""
-    return [*TEMPERED_PARTS, dict(family="mixture", components=30, data=path),
-            dict(family="mixture", components=100, data=path)]
+def own_sample_parts(path: str, arch: str = "unet") -> list[dict]:
+    """The parts of the architecture's best-matching machine (the tempered one for the U-Net, the
+    block one for the transformer) plus global mixtures (K = 30, 100) fitted on a network's own
+    samples (``path``, the .npz of `wavescore sample`): the network's learned distribution as parts
+    (method.md §13, "A part fitted on other images"). Distillation, not a prior: rows with these
+    parts are named ``...@<stem>`` and are calibrated to the network whose samples they hold."""
+    base = BLOCK_PARTS if arch == "transformer" else TEMPERED_PARTS
+    return [*base, dict(family="mixture", components=30, data=path), dict(family="mixture", components=100, data=path)]
 
 
 def architecture(net) -> str:
@@ -123,7 +124,8 @@ if __name__ == "__main__":
         if net not in arch or not Path(path).is_file():
             ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}) and an existing NPZ, "
                      f"got {spec!r}")
-        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path), calibrate_to=net))
+        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net]),
+                            calibrate_to=net))
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:
         names = {config_name(c): c for c in configs}
