@@ -326,14 +326,20 @@ def test_joined_files_check_shared_parts(digits, tmp_path):
 def test_a_part_fitted_on_its_own_images(digits, tmp_path):
     """A part with ``data`` is exactly that machine fitted on all of those images (here the last 500
     digits, saved as the .npz `wavescore sample` writes); the weights still come from the
-    held-out training images; the name says which images; saved and loaded, nothing changes."""
+    held-out training images; the name says which images; saved and loaded, nothing changes. The
+    core takes the images from fit(images=); experiments.part_images loads them."""
+    from wavescore.experiments import fit_models, part_images
     from wavescore.mixture import MixtureMachine
 
     own = tmp_path / "net-samples.npz"
     np.savez(own, samples=digits[-500:].float().numpy())
     parts = [{"family": "gaussian"}, {"family": "mixture", "components": 3},
              {"family": "mixture", "components": 3, "data": str(own)}]
-    j = JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False)
+    cfg = dict(parts=parts, holdout=60, sigmas=(0.05, 1.0))
+    j = JoinedMachine(**cfg)
+    images = part_images(j)
+    assert list(images) == [str(own)] and torch.equal(images[str(own)], load_dataset(str(own)))
+    j.fit(digits[:300], progress=False, images=images)
     alone = MixtureMachine(components=3).fit(load_dataset(str(own)), progress=False)
     y = _noisy(digits[300:340], 1.0)
     assert torch.equal(j.parts_[2].denoise(y, 1.0), alone.denoise(y, 1.0))
@@ -344,20 +350,20 @@ def test_a_part_fitted_on_its_own_images(digits, tmp_path):
     back = JoinedMachine.load(tmp_path / "j.wsm")
     assert back.name == j.name and back.parts[2]["data"] == str(own)
     assert torch.allclose(back.denoise(y, 1.0), j.denoise(y, 1.0), rtol=0, atol=1e-12)
+    # the experiment runner loads the images itself and fits the same machine
+    models, _ = fit_models([dict(family="mixture+local-mixture", **cfg)], digits[:300], progress=False)
+    assert torch.equal(models[j.name].denoise(y, 1.0), j.denoise(y, 1.0))
     # the part cache tells the two K = 3 mixtures apart by their images
     cache = {}
-    JoinedMachine(parts=parts, holdout=60, sigmas=(0.05, 1.0)).fit(digits[:300], progress=False, part_cache=cache)
+    JoinedMachine(**cfg).fit(digits[:300], progress=False, part_cache=cache, images=images)
     assert len(cache) == 3
     # the fitted machine loads without its part's images (they are fitted into its arrays)
     own.unlink()
     assert torch.equal(JoinedMachine.load(tmp_path / "j.wsm").denoise(y, 1.0), back.denoise(y, 1.0))
-    # a missing file or images of another size: one line, before any part is fitted
-    with pytest.raises(WavescoreError, match="existing .npy/.npz"):
-        JoinedMachine(parts=[{"family": "gaussian"}, {"family": "gaussian", "data": str(tmp_path / "none.npz")}],
-                      holdout=60).fit(digits[:300], progress=False)
-    with pytest.raises(WavescoreError, match="existing .npy/.npz"):
-        JoinedMachine(parts=[{"family": "gaussian", "data": 3}])
-    np.savez(tmp_path / "small.npz", samples=np.zeros((10, 1, 4, 4), np.float32))
+    # images not handed over, of another size, or a name that is not a string: one line, before any fit
+    with pytest.raises(WavescoreError, match=r"pass them as fit\(\.\.\., images="):
+        JoinedMachine(**cfg).fit(digits[:300], progress=False)
     with pytest.raises(WavescoreError, match=r"shape \(1, 4, 4\).*same size"):
-        JoinedMachine(parts=[{"family": "gaussian", "data": str(tmp_path / "small.npz")}], holdout=60).fit(
-            digits[:300], progress=False)
+        JoinedMachine(**cfg).fit(digits[:300], progress=False, images={str(own): torch.zeros(10, 1, 4, 4)})
+    with pytest.raises(WavescoreError, match="must name its images"):
+        JoinedMachine(parts=[{"family": "gaussian", "data": 3}])

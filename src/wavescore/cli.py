@@ -388,7 +388,10 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         shards = row_shards(sources[0], args.shards, split=args.split) if len(sources) == 1 else sources
         fit_distributed(m, shards, workers=args.workers, scheduler=args.scheduler, split=args.split)
     else:
-        m.fit(datasets.load_dataset(sources[0], args.split, limit=args.limit))
+        from .experiments import part_images
+
+        own = part_images(m)  # a joined machine's parts fitted on their own images
+        m.fit(datasets.load_dataset(sources[0], args.split, limit=args.limit), **({"images": own} if own else {}))
     # The old description goes before the new machine is written: a kill in between leaves no
     # JSON describing another machine (and the JSON names the sha256 of the machine it describes).
     meta_path = Path(str(out) + ".json")

@@ -56,6 +56,20 @@ class _Finished:
                              "store; delete OUT/.partial and rerun")
 
 
+def part_images(machine, loaded: dict | None = None) -> dict:
+    """``{name: images}`` for the parts of a joined machine configured with ``"data": name``
+    (method.md §13, "A part fitted on other images"): ``load_dataset(name)``, the training split of
+    a dataset or a file's images; ``{}`` for any other machine. ``loaded`` caches them across calls."""
+    from .datasets import load_dataset
+
+    loaded = {} if loaded is None else loaded
+    names = [p["data"] for p in getattr(machine, "parts", None) or [] if isinstance(p, dict) and "data" in p]
+    for name in names:
+        if name not in loaded:
+            loaded[name] = load_dataset(name, "train")
+    return {name: loaded[name] for name in names}
+
+
 def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool = True,
                references: Mapping[str, object] | None = None, skip=()) -> tuple[dict, dict]:
     """``({name: fitted machine}, {name: fit seconds})`` for every configuration (``models.build_machine``).
@@ -69,7 +83,7 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
     from .joined import JoinedMachine
     from .models import build_machine
 
-    models, seconds, parts = {}, {}, {}
+    models, seconds, parts, loaded = {}, {}, {}, {}
     for cfg in configs:
         t0 = time.perf_counter()
         cfg = dict(cfg)
@@ -85,7 +99,7 @@ def fit_models(configs: Sequence[dict], train: torch.Tensor, *, progress: bool =
             models[name] = _Finished(name)
             continue
         # joined machines share their fitted parts (JoinedMachine.fit part_cache=)
-        extra = {"part_cache": parts} if isinstance(m, JoinedMachine) else {}
+        extra = {"part_cache": parts, "images": part_images(m, loaded)} if isinstance(m, JoinedMachine) else {}
         if target is not None:
             extra["reference"] = references[target]
         m.fit(train, progress=progress, **extra)

@@ -27,10 +27,12 @@ several radii with combine="select" and one weight per sigma: the neighbourhood 
 as ELS's patch does (method.md §13, "Scheduled locality").
 
 A part's configuration may name its own images with ``"data"`` (a dataset name or a .npy/.npz
-file, as ``load_dataset`` takes them): that part is fitted on all of those images instead of the
-training images, e.g. a mixture fitted on a network's own samples, whose posterior mean is that
-network's learned distribution's (method.md §13, "A part fitted on other images"). The weights are
-still chosen on the held-out training images; the part's name gets ``@`` and the file's stem.
+file): that part is fitted on all of those images instead of the training images, e.g. a mixture
+fitted on a network's own samples, whose posterior mean is that network's learned distribution's
+(method.md §13, "A part fitted on other images"). ``fit(..., images={name: tensor})`` hands them
+over (the core loads no files: ``experiments.part_images`` loads them with ``load_dataset``). The
+weights are still chosen on the held-out training images; the part's name gets ``@`` and the
+name's stem.
 """
 from __future__ import annotations
 
@@ -205,7 +207,8 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         return {"parts": est, "total": int(peak + 3 * len(self.parts) * self.holdout * D * 8), "D": D}
 
     # ------------------------------------------------------------------ fit
-    def fit(self, data, *, progress: bool = True, reference=None, part_cache: dict | None = None) -> "JoinedMachine":
+    def fit(self, data, *, progress: bool = True, reference=None, part_cache: dict | None = None,
+            images: dict | None = None) -> "JoinedMachine":
         """Fit every part on the training images less ``holdout``, then the weights on those.
 
         ``reference``: None (default) fits the weights to the clean held-out images; a model with
@@ -219,18 +222,20 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         reference or in a few parts are fitted once). The reused part is the same object. Parts that
         differ only in a runtime setting (a mixture's ``temperature``, ``batch_size``) share one fit
         with or without a cache: the second is a shallow copy with its own settings, sharing the
-        first's arrays, not another fit nor another copy of them."""
+        first's arrays, not another fit nor another copy of them.
+
+        ``images``: ``{name: (N, C, H, W) images}`` for every part configured with ``"data": name``
+        (method.md §13, "A part fitted on other images"); ``experiments.part_images(self)`` loads them."""
         if reference is not None:
             check_reference(reference)  # before the parts' fit, not after it
-        for i, p in enumerate(self.parts):
-            if "data" in p:
-                _check_part_data(p["data"], i, exists=True)
         x = check_images(data, "fit", finite=True)
+        shape = tuple(int(v) for v in x.shape[1:])
+        own = {p["data"]: _part_images(images, p["data"], i, shape)  # before any part is fitted
+               for i, p in enumerate(self.parts) if "data" in p}
         if x.shape[0] < 2 * self.holdout:
             raise WavescoreError(f"a joined machine holds out {self.holdout} images for its weights and needs at "
                                  f"least twice as many, got {x.shape[0]}: lower holdout or fit on more images")
         t0 = time.perf_counter()
-        shape = tuple(int(v) for v in x.shape[1:])
         order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.seed))
         held, train = x[order[: self.holdout]], x[order[self.holdout :]]
         parts = self._make_parts()
@@ -238,10 +243,6 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
         if part_cache is not None:
             data_key += _fingerprint(x)
         cache = part_cache if part_cache is not None else {}
-        own = {}  # a part's own images (method.md §13, "A part fitted on other images"), loaded once per name
-        for i, p in enumerate(self.parts):
-            if "data" in p and p["data"] not in own:
-                own[p["data"]] = _load_part_data(p["data"], i, shape)
         for i, m in enumerate(progress_bar(parts, desc="fit parts", enabled=progress, leave=False)):
             params = m.get_params()
             # settings a fitted part may change (not its device: moving would touch shared arrays)
@@ -422,27 +423,24 @@ def _fingerprint(x: torch.Tensor) -> tuple[float, float, float]:
     return (float(per_image.sum()), float((per_image * torch.arange(1.0, len(xd) + 1)).sum()), float((xd * xd).sum()))
 
 
-def _check_part_data(data, i: int, exists: bool = False) -> str:
-    """A part's ``data``: a dataset name or a path; with ``exists`` (at fit, before any part is
-    fitted) the path must exist. A fitted machine loads without its parts' images."""
-    from .datasets import list_datasets
-
+def _check_part_data(data, i: int) -> str:
+    """A part's ``data``: the name of its images (a dataset name or a path), a non-empty string."""
     if isinstance(data, Path):
         data = str(data)
-    if not isinstance(data, str) or not data or (exists and not (data in list_datasets() or Path(data).exists())):
-        raise WavescoreError(f"part {i}'s data must be a dataset name ({', '.join(list_datasets())}) or an existing "
-                             f".npy/.npz file or folder of images, got {data!r}: e.g. the .npz that `wavescore "
-                             "sample` writes beside its grid")
+    if not isinstance(data, str) or not data:
+        raise WavescoreError(f"part {i}'s data must name its images (a dataset name or a .npy/.npz file, e.g. the "
+                             f".npz that `wavescore sample` writes), got {data!r}")
     return data
 
 
-def _load_part_data(data: str, i: int, shape: tuple) -> torch.Tensor:
-    """Part i's own training images, which must have the joined machine's image shape."""
-    from .datasets import load_dataset
-
-    x = check_images(load_dataset(_check_part_data(data, i, exists=True), "train"), f"part {i}'s data", finite=True)
+def _part_images(images, name: str, i: int, shape: tuple) -> torch.Tensor:
+    """Part i's own training images from ``fit(..., images=)``, with the training images' shape."""
+    if not isinstance(images, dict) or name not in images:
+        raise WavescoreError(f"part {i} is fitted on its own images {name!r}: pass them as fit(..., images={{"
+                             f"{name!r}: tensor}}), e.g. images=experiments.part_images(machine)")
+    x = check_images(images[name], f"part {i}'s data {name!r}", finite=True)
     if tuple(x.shape[1:]) != tuple(shape):
-        raise WavescoreError(f"part {i}'s data {data!r} holds images of shape {tuple(x.shape[1:])}, the training "
+        raise WavescoreError(f"part {i}'s data {name!r} holds images of shape {tuple(x.shape[1:])}, the training "
                              f"images have {tuple(shape)}: give images of the same size (pad or crop them first)")
     return x
 
