@@ -444,6 +444,7 @@ def _scale(a: np.ndarray, source) -> np.ndarray:
 
 
 def _load_array_file(path: Path):
+    """(images, labels or None, whether the file is `wavescore sample`'s: one float array `samples`, on the models' scale)."""
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -452,15 +453,14 @@ def _load_array_file(path: Path):
                 if key is None:
                     raise WavescoreError(f"{path}: name the image array 'x' or 'images' (found {keys})")
                 a = z[key]
-                if keys == ["samples"] and a.dtype.kind == "f":  # `wavescore sample`'s: the models' scale
-                    key = "samples"
+                model_scale = keys == ["samples"] and a.dtype.kind == "f"  # `wavescore sample`'s file
                 ykey = next((k for k in ("y", "labels") if k in keys), None)
                 y = z[ykey] if ykey else None
         else:
-            a, y, key = np.load(path, allow_pickle=False), None, None
+            a, y, model_scale = np.load(path, allow_pickle=False), None, False
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
-    return a, y, key
+    return a, y, model_scale
 
 
 def _load_folder(path: Path):
@@ -587,8 +587,7 @@ def load_dataset(name, split: str = "train", *, limit: int | None = None, pad_to
             except (ValueError, OSError) as exc:
                 raise WavescoreError(f"{path} is corrupt or truncated ({exc})") from None
         elif path.suffix in (".npy", ".npz"):
-            a, y, key = _load_array_file(path)
-            model_scale = key == "samples"
+            a, y, model_scale = _load_array_file(path)
         else:
             raise WavescoreError(f"{path}: give a .npy/.npz array or a folder of PNG/JPEG images")
         a = np.asarray(a)
