@@ -444,7 +444,8 @@ def _scale(a: np.ndarray, source) -> np.ndarray:
 
 
 def _load_array_file(path: Path):
-    """(images, labels or None, whether the file is `wavescore sample`'s: one float array `samples`, on the models' scale)."""
+    """(images, labels or None, model_scale): model_scale when the file is `wavescore sample`'s, one
+    float array ``samples`` already on the models' scale."""
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
