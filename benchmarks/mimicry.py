@@ -71,14 +71,22 @@ CALIBRATED = {
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
-def own_sample_parts(path: str, arch: str = "unet") -> list[dict]:
+def own_sample_parts(path: str, arch: str = "unet", which: str = "mixtures") -> list[dict]:
     """The parts of the architecture's best-matching machine (the tempered one for the U-Net, the
-    block one for the transformer) plus global mixtures (K = 30, 100) fitted on a network's own
-    samples (``path``, the .npz of `wavescore sample`): the network's learned distribution as parts
-    (method.md §13, "A part fitted on other images"). Distillation, not a prior: rows with these
-    parts are named ``...@<stem>`` and are calibrated to the network whose samples they hold."""
+    block one for the transformer) plus parts fitted on a network's own samples (``path``, the .npz
+    of `wavescore sample`): the network's learned distribution as parts (method.md §13, "A part
+    fitted on other images"). ``which="mixtures"``: global mixtures (K = 30, 100); ``"all"``: also
+    the tempered K = 100 mixture (T = 2), the 3x3 local mixture and, for the transformer, the
+    block-local parts, so that the network's own textures compete at low and middle sigma too.
+    Distillation, not a prior: rows with these parts are named ``...@<stem>`` and are calibrated to
+    the network whose samples they hold."""
     base = BLOCK_PARTS if arch == "transformer" else TEMPERED_PARTS
-    return [*base, dict(family="mixture", components=30, data=path), dict(family="mixture", components=100, data=path)]
+    own = [dict(family="mixture", components=30), dict(family="mixture", components=100)]
+    if which == "all":
+        own += [TEMPERED_PARTS[-2], DEFAULT_PARTS[2]] + (BLOCK_PARTS[-2:] if arch == "transformer" else [])
+    elif which != "mixtures":
+        raise ValueError(f"which must be 'mixtures' or 'all', got {which!r}")
+    return [*base, *(dict(p, data=path) for p in own)]
 
 
 def architecture(net) -> str:
@@ -111,6 +119,11 @@ if __name__ == "__main__":
     ap.add_argument("--own-samples", nargs="*", default=[], metavar="NET=NPZ",
                     help="add a row calibrated to NET whose parts include mixtures fitted on NET's own samples "
                          "(NPZ from `wavescore sample --model NET.pt -n 4000 --seed 7`; not seed 0, the matrix's noise)")
+    ap.add_argument("--own-parts", choices=("mixtures", "all"), default="mixtures",
+                    help="which parts --own-samples fits on the samples (own_sample_parts)")
+    ap.add_argument("--keep-partial", action="store_true",
+                    help="keep OUT/.partial after the run, so that a rerun with one more row or network computes "
+                         "only that one")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     arch = {Path(p).stem: architecture(load_network(p)) for p in args.nets}
@@ -124,7 +137,7 @@ if __name__ == "__main__":
         if net not in arch or not Path(path).is_file():
             ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}) and an existing NPZ, "
                      f"got {spec!r}")
-        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net]),
+        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net], args.own_parts),
                             calibrate_to=net))
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:
@@ -143,4 +156,4 @@ if __name__ == "__main__":
             [dict(base, calibrate_to=n) for n in args.els_calibrate]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
     run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples, n_test=args.n_test,
-                els=els)
+                els=els, keep_partial=args.keep_partial)

@@ -358,3 +358,38 @@ def test_a_killed_mimicry_run_resumes_from_its_partial_outputs(tmp_path, monkeyp
     assert resumed["joined_weights"] == fresh["joined_weights"] != {}
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["r2"] == fresh["r2"]
     assert not (tmp_path / "out" / ".partial").exists()
+
+
+def test_a_kept_partial_store_makes_one_more_row_cost_only_that_row(tmp_path, monkeypatch):
+    """run_mimicry(keep_partial=True) keeps out/.partial; a rerun with one more configuration fits,
+    denoises and samples only that one, and its matrix equals a fresh run's."""
+    import wavescore.compare as compare
+    import wavescore.experiments as experiments
+    import wavescore.samplers as samplers
+    from wavescore.datasets import load_dataset
+    from wavescore.experiments import run_mimicry
+    from wavescore.networks import train
+
+    x = load_dataset("digits", "train")
+    net = tmp_path / "tinycnn.pt"
+    train("cnn", x[:64], epochs=1, out=net, arch_kwargs={"width": 8, "depth": 3}, progress=False)
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    extra = dict(family="local-mixture", basis="pixel", components=2, radius=1)
+    kw = dict(nets=[str(net)], n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False)
+    first = run_mimicry(cfgs, "digits", tmp_path / "out", keep_partial=True, **kw)
+    assert (tmp_path / "out" / ".partial").is_dir()
+    skipped, calls = [], []
+    real_fit = experiments.fit_models
+    monkeypatch.setattr(experiments, "fit_models", lambda *a, skip=(), **k: skipped.append(set(skip)) or
+                        real_fit(*a, skip=skip, **k))
+    for mod, name in ((compare, "_outputs"), (samplers, "sample")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+    more = run_mimicry([*cfgs, extra], "digits", tmp_path / "out", **kw)
+    assert skipped == [set(first["fit_seconds"])]  # the two first machines are not fitted again
+    assert calls == ["_outputs", "_outputs", "sample"]  # the new row's train and test outputs, its samples
+    assert not (tmp_path / "out" / ".partial").exists()  # this run did not ask to keep it
+    monkeypatch.undo()
+    fresh = run_mimicry([*cfgs, extra], "digits", tmp_path / "fresh", **kw)
+    assert more["r2"] == fresh["r2"] and more["samples"]["correlation"] == fresh["samples"]["correlation"]
+    assert set(more["r2"]["tinycnn"]) == {*first["r2"]["tinycnn"], "local-mixture-pixel-K2-r1"}

@@ -320,7 +320,7 @@ def samples_table(result: dict) -> str:
 def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Sequence[str] = (),
                 els: dict | Sequence[dict] | None = None, n_test: int = 500, n_samples: int = 200, steps: int = 18,
                 sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, calibration_images: int = 16,
-                progress: bool = True) -> dict:
+                progress: bool = True, keep_partial: bool = False) -> dict:
     """The machine x network matrix (issue 16): fit every configuration on ``data``'s training
     split, load every network checkpoint in ``nets`` (the references), optionally add ELS
     (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``, or a list of them) as
@@ -337,7 +337,10 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     (compare.PartialStore), keyed by its configuration (and its reference's checkpoint hash) or
     its checkpoint's hash: a killed run, started again, fits only the machines whose outputs or
     samples it had not finished, and computes only those. The folder is removed once the outputs are
-    written; delete it to recompute everything (e.g. after changing a machine's code)."""
+    written, unless ``keep_partial``: then a later run into the same ``out`` with one more
+    configuration or network fits, computes and samples only that one (the networks' outputs and
+    samples are keyed by their checkpoints' hashes). Delete the folder to recompute everything (e.g.
+    after changing a machine's code)."""
     import shutil
 
     from ._io import sha256_file
@@ -427,5 +430,6 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)
     write_outputs(result, finals, out)
-    shutil.rmtree(partial, ignore_errors=True)
+    if not keep_partial:
+        shutil.rmtree(partial, ignore_errors=True)
     return result
