@@ -417,3 +417,16 @@ def test_r2_plot_has_one_legend_and_one_colour_per_model(monkeypatch, tmp_path):
     assert len(colour_of_m) == 1 and all(ax.get_lines()[0].get_linestyle() == "-" for ax in panels)
     assert all(line.get_linestyle() == "--" for ax in panels for line in ax.get_lines()[1:4])
     plots.pyplot().close(fig)
+
+
+def test_final_samples_that_run_away_are_counted_not_averaged_away(digits_models):
+    """A model whose samples end far outside the data (here every one at 20, ten times beyond the
+    digits' range of 1) is counted in samples.out_of_range and named in the matrix; the Gaussian
+    score's samples are not."""
+    train, test, g, loc = digits_models
+    away = _MeanOnly(torch.full_like(train[:1], 20.0))
+    res = compare_models({"g": g, "away": away, "net": _Stub([(1.0, loc)])}, ["net"], train[:30], test[:30], [0.5],
+                         n_samples=8, steps=4, progress=False)
+    assert res["samples"]["out_of_range"] == {"bound": 10.0 * float(test[:30].abs().max()), "count": {"away": 8}}
+    assert float(res["_finals"]["away"].min()) > 19.0  # they are where the denoiser sent them
+    assert "away: 8 of 8 final samples beyond ±10" in matrix_markdown(res)

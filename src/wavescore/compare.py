@@ -14,7 +14,8 @@ large sigma (score ~ -(x - mean)/s^2 for everyone); reading both avoids a flatte
 
 Final samples (the ELS protocol of Kamb & Ganguli): the same initial noise through the same
 sampler with each model; the per-sample Pearson correlation r with the reference's sample,
-summarised per (model, reference) pair by its mean, median and interquartile range. The
+summarised per (model, reference) pair by its mean, median and interquartile range (a model's
+samples that run away to a finite but huge value are counted, ``samples.out_of_range``). The
 protocol is >= 200 samples and 18 Heun steps (``wavescore compare --samples 200``): with a few
 samples the median of r moves by more than the gaps between machines.
 
@@ -50,6 +51,8 @@ import torch
 
 from .evaluation import noise_for
 from .transform import WaveletTransform, max_levels
+
+OUT_OF_RANGE = 10.0  # final samples beyond this many times the test images' largest |value| are counted
 
 
 def spread(ref: torch.Tensor) -> torch.Tensor:
@@ -269,7 +272,12 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
                 diverged[name] = "non-finite final samples"
                 continue
             finals[name] = x
+        # A finite runaway (a polynomial part extrapolating to 1e100) still gets an r, near 0: count
+        # the samples beyond ten times the data's range so that it is seen, not averaged away.
+        bound = OUT_OF_RANGE * float(test.abs().max())
+        out_of_range = {name: int((x.flatten(1).abs().amax(1) > bound).sum()) for name, x in finals.items()}
         result["samples"] = {"n": n_samples, "steps": steps, "sampler": sampler, "diverged": diverged,
+                             "out_of_range": {"bound": bound, "count": {n: c for n, c in out_of_range.items() if c}},
                              "correlation": {}}
         for ref in references:
             result["samples"]["correlation"][ref] = {}
@@ -382,6 +390,13 @@ def _best_lines(result: dict) -> list[str]:
     return lines
 
 
+def _out_of_range_lines(result: dict) -> list[str]:
+    oor = (result.get("samples") or {}).get("out_of_range") or {}
+    n = (result.get("samples") or {}).get("n")
+    return [f"{name}: {c} of {n} final samples beyond ±{oor['bound']:.3g} (a runaway; their r is near 0)"
+            for name, c in (oor.get("count") or {}).items()]
+
+
 def _largest_deficit(res: dict | None, sigmas) -> str:
     """The (sigma, band) cell holding the largest share of the R² deficit, in words; "" if none."""
     if not res:
@@ -401,7 +416,7 @@ def matrix_markdown(result: dict) -> str:
         out += [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         out.append("")
-    out += [f"- {line}" for line in _best_lines(result)]
+    out += [f"- {line}" for line in _best_lines(result) + _out_of_range_lines(result)]
     return "\n".join(out) + "\n"
 
 
@@ -414,7 +429,8 @@ def matrix_html(result: dict) -> str:
         out.append(f"<h3>{html.escape(title)}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
                    + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
                                        for r in rows) + "</table>")
-    out.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _best_lines(result)) + "</ul>")
+    lines = _best_lines(result) + _out_of_range_lines(result)
+    out.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     return "".join(out)
 
 
