@@ -124,8 +124,8 @@ if __name__ == "__main__":
     ap.add_argument("--own-samples", nargs="*", default=[], metavar="NET=NPZ",
                     help="add a row calibrated to NET whose parts include mixtures fitted on NET's own samples "
                          "(NPZ from `wavescore sample --model NET.pt -n 4000 --seed 7`; not seed 0, the matrix's noise)")
-    ap.add_argument("--own-parts", choices=("mixtures", "densities", "all"), default="mixtures",
-                    help="which parts --own-samples fits on the samples (own_sample_parts)")
+    ap.add_argument("--own-parts", nargs="+", choices=("mixtures", "densities", "all"), default=["mixtures"],
+                    help="which parts --own-samples fits on the samples (own_sample_parts); one row per choice")
     ap.add_argument("--keep-partial", action="store_true",
                     help="keep OUT/.partial after the run, so that a rerun with one more row or network computes "
                          "only that one")
@@ -142,8 +142,8 @@ if __name__ == "__main__":
         if net not in arch or not Path(path).is_file():
             ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}) and an existing NPZ, "
                      f"got {spec!r}")
-        configs.append(dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net], args.own_parts),
-                            calibrate_to=net))
+        configs += [dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net], which),
+                         calibrate_to=net) for which in args.own_parts]
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:
         names = {config_name(c): c for c in configs}
