@@ -78,26 +78,30 @@ def own_sample_parts(path: str, arch: str = "unet", which: str = "mixtures") -> 
     """The parts of the architecture's best-matching machine (the tempered one for the U-Net, the
     block one for the transformer) plus parts fitted on a network's own samples (``path``, the .npz
     of `wavescore sample`): the network's learned distribution as parts (method.md §13, "A part
-    fitted on other images"). ``which="mixtures"``: global mixtures (K = 30, 100);
-    ``"densities"``: also the tempered K = 100 mixture (T = 2) and the 3x3 local mixture, so that
-    the network's own textures compete at low and middle sigma too; ``"more"``: also a K = 300
-    mixture and the 5x5 local mixture (K = 16), the best data mixture at sigma 1-2 and a patch as wide
-    as a 4x4 token; ``"all"``: "densities" and, for the transformer, the block-local polynomial parts. Every "densities" part is a Gaussian mixture,
-    whose denoiser stays bounded; the cubic block parts fitted on a transformer's samples sent half
-    the final samples to 1e100 (docs/results.md, "The transformer's own textures as parts").
-    Distillation, not a prior: rows with these parts are named ``...@<stem>`` and are calibrated to
-    the network whose samples they hold."""
+    fitted on other images"). ``which``:
+
+    - "mixtures": global mixtures (K = 30, 100);
+    - "densities": also the tempered K = 100 mixture (T = 2) and the 3x3 local mixture, so that the
+      network's own textures compete at low and middle sigma too;
+    - "more": "densities" plus a K = 300 mixture and the 5x5 local mixture (K = 16);
+    - "all": "densities" plus, for the transformer, the block-local cubic parts.
+
+    Every "densities" part is a Gaussian mixture, whose denoiser stays bounded; the cubic parts
+    fitted on a transformer's samples sent 86 of 200 final samples beyond ±10 (docs/results.md,
+    "More of each network's samples, and its own textures as parts"). Distillation, not a prior:
+    rows with these parts are named ``...@<stem>`` and are calibrated to the network whose samples
+    they hold."""
+    if which not in OWN_PARTS:
+        raise ValueError(f"which must be one of {', '.join(OWN_PARTS)}, got {which!r}")
     base = BLOCK_PARTS if arch == "transformer" else TEMPERED_PARTS
     own = [dict(family="mixture", components=30), dict(family="mixture", components=100)]
-    if which in ("densities", "more", "all"):
+    if which != "mixtures":
         own += [TEMPERED_PARTS[-2], DEFAULT_PARTS[2]]
     if which == "more":
         own += [dict(family="mixture", components=300), dict(family="local-mixture", basis="pixel", components=16,
                                                                radius=2)]
     if which == "all" and arch == "transformer":
         own += BLOCK_PARTS[-2:]
-    if which not in OWN_PARTS:
-        raise ValueError(f"which must be one of {', '.join(OWN_PARTS)}, got {which!r}")
     return [*base, *(dict(p, data=path) for p in own)]
 
 

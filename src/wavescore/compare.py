@@ -391,10 +391,10 @@ def _best_lines(result: dict) -> list[str]:
 
 
 def _out_of_range_lines(result: dict) -> list[str]:
-    oor = (result.get("samples") or {}).get("out_of_range") or {}
-    n = (result.get("samples") or {}).get("n")
-    return [f"{name}: {c} of {n} final samples beyond ±{oor['bound']:.3g} (a runaway; their r is near 0)"
-            for name, c in (oor.get("count") or {}).items()]
+    smp = result.get("samples") or {}
+    oor = smp.get("out_of_range") or {"count": {}}
+    return [f"{name}: {c} of {smp['n']} final samples beyond ±{oor['bound']:.3g} (a runaway; their r is near 0)"
+            for name, c in oor["count"].items()]
 
 
 def _largest_deficit(res: dict | None, sigmas) -> str:

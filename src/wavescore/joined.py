@@ -230,8 +230,10 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             check_reference(reference)  # before the parts' fit, not after it
         x = check_images(data, "fit", finite=True)
         shape = tuple(int(v) for v in x.shape[1:])
-        own = {p["data"]: _part_images(images, p["data"], i, shape)  # before any part is fitted
-               for i, p in enumerate(self.parts) if "data" in p}
+        own = {}  # each part's own images, checked once per name and before any part is fitted
+        for i, p in enumerate(self.parts):
+            if "data" in p and p["data"] not in own:
+                own[p["data"]] = _part_images(images, p["data"], i, shape)
         if x.shape[0] < 2 * self.holdout:
             raise WavescoreError(f"a joined machine holds out {self.holdout} images for its weights and needs at "
                                  f"least twice as many, got {x.shape[0]}: lower holdout or fit on more images")
