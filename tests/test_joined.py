@@ -2,6 +2,8 @@
 the closed-form held-out combination."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,52 @@ def test_combination_weights_are_the_constrained_least_squares_optimum():
     assert torch.allclose(combination_weights(G3, "convex", ridge=0.0), torch.tensor([1.0, 0.0], dtype=torch.float64))
     sel = combination_weights(G, "select")
     assert torch.equal(sel.argmax(-1), torch.diagonal(G, dim1=-2, dim2=-1).argmin(-1)) and (sel.sum(-1) == 1).all()
+
+
+def _convex_by_every_face(G):
+    """The simplex optimum by brute force: the affine optimum on every support, the best feasible."""
+    P, best, best_obj = G.shape[0], None, np.inf
+    for mask in range(1, 2**P):
+        idx = [i for i in range(P) if mask >> i & 1]
+        u = np.linalg.solve(G[np.ix_(idx, idx)], np.ones(len(idx)))
+        a = np.zeros(P)
+        a[idx] = u / u.sum()
+        if (a >= -1e-12).all() and a @ G @ a < best_obj:
+            best, best_obj = a, a @ G @ a
+    return best
+
+
+@pytest.mark.parametrize("P", [2, 5, 9])
+def test_convex_weights_equal_every_face_brute_force(P):
+    # Residuals sharing a common part (as real parts' do), some nearly copies of others: the
+    # active set must find the same face and weights as trying all 2^P - 1 supports.
+    rng = np.random.default_rng(P)
+    for trial in range(40):
+        common = rng.normal(size=(1, 300))
+        r = common + rng.normal(size=(P, 300)) * rng.uniform(0.05, 2.0, size=(P, 1))
+        if trial % 3 == 0:
+            r[-1] = r[0] + 1e-3 * rng.normal(size=300)  # a near copy
+        G = r @ r.T
+        G = G / np.diag(G).mean() + 1e-9 * np.eye(P)
+        a = combination_weights(torch.from_numpy(G), "convex", ridge=0.0).numpy()
+        ref = _convex_by_every_face(G)
+        assert (a >= 0).all() and abs(a.sum() - 1) < 1e-12
+        assert a @ G @ a <= ref @ G @ ref * (1 + 1e-12) + 1e-15
+        assert np.allclose(a, ref, atol=1e-7)
+
+
+def test_convex_weights_are_fast_for_many_parts():
+    # 20 parts, 200 problems: the face-by-face search would solve 2 x 10^8 systems.
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(200, 1, 500)) + rng.normal(size=(200, 20, 500)) * rng.uniform(0.1, 2, size=(200, 20, 1))
+    G = torch.from_numpy(np.einsum("bin,bjn->bij", r, r))
+    t = time.perf_counter()
+    a = combination_weights(G, "convex")
+    assert time.perf_counter() - t < 10
+    grad = torch.einsum("bij,bj->bi", G, a)  # KKT: equal on the support, not smaller off it
+    lam = (grad * a).sum(-1, keepdim=True)
+    assert (grad >= lam * (1 - 1e-8)).all()
+    assert ((grad - lam).abs() * a <= 1e-8 * lam.abs()).all()
 
 
 def test_held_out_error_is_at_most_every_parts(joined):

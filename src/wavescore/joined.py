@@ -9,7 +9,7 @@ wavelet basis the joined denoiser takes, per band b and noise level s, an affine
 which is the same combination of the parts' scores (Tweedie, method.md §1). At every grid sigma
 the weights minimise the held-out squared error in closed form (method.md §13): with r_i the
 band's held-out residuals D_i(y) - x and G_ij = <r_i, r_j>, the weights minimise a^T G a over
-the simplex (combine="convex", the default: solved exactly face by face), or over the affine
+the simplex (combine="convex", the default: solved exactly by an active set), or over the affine
 weights, a = G^-1 1 / (1^T G^-1 1) (combine="affine", the Bates-Granger combination), or a is the
 one-hot vector of the smallest diagonal entry (combine="select": the held-out choice per sigma
 and band). Between grid points the weights are interpolated linearly in log sigma;
@@ -83,34 +83,55 @@ def shared_fits(parts) -> list[int]:
     return first
 
 
+def _simplex_qp(G: np.ndarray) -> np.ndarray:
+    """argmin a^T G a over the simplex for one positive definite G (P, P), exactly, by the
+    Lawson-Hanson active set on the equivalent u = argmin_{u >= 0} u^T G u - 2 1^T u, a = u / sum u
+    (their KKT conditions coincide: G u = 1 + nu/2 is G a = lambda 1 + mu with a = u / sum u)."""
+    P = G.shape[0]
+    tol = 1e-13 * P
+    u, free = np.zeros(P), np.zeros(P, dtype=bool)
+    for _ in range(10 * P + 10):  # each outer step frees one index; the inner steps only bind
+        grad = 1.0 - G @ u  # minus half the gradient: a bound index with grad > 0 lowers the objective
+        grad[free] = -np.inf
+        j = int(grad.argmax())
+        if grad[j] <= tol:
+            break
+        free[j] = True
+        while True:
+            z = np.zeros(P)
+            z[free] = np.linalg.solve(G[np.ix_(free, free)], np.ones(int(free.sum())))
+            bad = free & (z <= 0)
+            if not bad.any():
+                u = z
+                break
+            step = np.min(u[bad] / (u[bad] - z[bad]))  # back along u -> z to the first bound hit
+            u = u + step * (z - u)
+            free &= u > tol
+            u[~free] = 0.0
+    if not u.sum() > 0:  # only if a free index's own solve was <= 0 in rounding: the best vertex
+        return np.eye(P)[int(np.diag(G).argmin())]
+    return u / u.sum()
+
+
 def combination_weights(G: torch.Tensor, combine: str = "convex", ridge: float = 1e-9) -> torch.Tensor:
     """Weights (..., P) summing to 1 that minimise a^T G a for residual Gram matrices G (..., P, P)
     (method.md §13), with ``ridge`` x (mean diag G) on the diagonal so parts whose residuals
-    coincide share the weight. "affine": G^-1 1 / 1^T G^-1 1; "convex": also a >= 0, exactly,
-    by the affine optimum on every support (face of the simplex) whose weights are all >= 0,
-    keeping the best; "select": one-hot at min diag G."""
+    coincide share the weight. "affine": G^-1 1 / 1^T G^-1 1; "convex": also a >= 0, exactly, by
+    an active-set solve of the simplex QP (polynomial in P; one small solve per bound change);
+    "select": one-hot at min diag G."""
     P = G.shape[-1]
     if combine == "select":
         return torch.nn.functional.one_hot(torch.diagonal(G, dim1=-2, dim2=-1).argmin(-1), P).to(G.dtype)
     scale = torch.diagonal(G, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)[..., None, None]
     Gr = G / scale + ridge * torch.eye(P, dtype=G.dtype)
-
-    def affine(Gs):
-        u = torch.linalg.solve(Gs, torch.ones(Gs.shape[:-1], dtype=G.dtype)[..., None])[..., 0]
-        return u / u.sum(-1, keepdim=True)
-
     if combine == "affine":
-        return affine(Gr)
-    best = torch.full(G.shape[:-1], float("nan"), dtype=G.dtype)
-    best_obj = torch.full(G.shape[:-2], float("inf"), dtype=G.dtype)
-    for mask in range(1, 2**P):
-        idx = [i for i in range(P) if mask >> i & 1]
-        a = torch.zeros(G.shape[:-1], dtype=G.dtype)
-        a[..., idx] = affine(Gr[..., idx, :][..., :, idx])
-        obj = torch.einsum("...i,...ij,...j->...", a, Gr, a)
-        ok = (a >= -1e-12).all(-1) & (obj < best_obj)
-        best[ok], best_obj[ok] = a[ok].clamp_min(0), obj[ok]
-    return best / best.sum(-1, keepdim=True)
+        u = torch.linalg.solve(Gr, torch.ones(Gr.shape[:-1], dtype=G.dtype)[..., None])[..., 0]
+        return u / u.sum(-1, keepdim=True)
+    flat = Gr.reshape(-1, P, P).to(torch.float64).numpy()
+    if not np.isfinite(flat).all():
+        return torch.full(G.shape[:-1], float("nan"), dtype=G.dtype)
+    a = np.stack([_simplex_qp(g) for g in flat]) if len(flat) else np.zeros((0, P))
+    return torch.from_numpy(a).to(G.dtype).reshape(G.shape[:-1])
 
 
 class JoinedMachine(Estimator, WaveletScore, Denoiser):
@@ -292,8 +313,8 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
             target = w if reference is None else self.transform_.forward(reference_output(reference, y, s))
             res = torch.stack([self.transform_.forward(m.denoise(y, s).to(torch.float64)) - target
                                for m in self.parts_])
-            prod = res[:, None] * res[None]  # (P, P, n, D)
-            G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, prod.sum(2).permute(2, 0, 1))
+            per_coef = torch.einsum("pnd,qnd->dpq", res, res)  # (D, P, P), not the (P, P, n, D) products
+            G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, per_coef)
             for c in COMBINE:  # every rule's held-out error, from the same Gram matrices
                 wc = combination_weights(G, c)
                 other[c][k] = float(torch.einsum("bi,bij,bj->", wc, G, wc)) / res[0].numel()
