@@ -60,13 +60,14 @@ MACHINES = [
 # clean digits, one set per architecture (the checkpoint's): the CNNs' scheduled local mixture, the
 # U-Net's and the transformer's joined machine with and without tempered and block-local parts
 CALIBRATED = {
-    "cnn-circular": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)],
+    "cnn-circular": {"scheduled": dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32)},
     # the zero-padded CNN also gets the border-aware version (border classes, method.md §12)
-    "cnn": [dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
-            dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, border=4, max_samples=20_000)],
-    "unet": [dict(family="mixture+local-mixture", parts=WIDE_PARTS),
-             dict(family="mixture+local-mixture", parts=TEMPERED_PARTS),
-             dict(family="mixture+local-mixture", parts=BLOCK_PARTS)],
+    "cnn": {"scheduled": dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32),
+            "scheduled-border": dict(family="scheduled-local-mixture", radii=(1, 2, 3), components=32, border=4,
+                                     max_samples=20_000)},
+    "unet": {"wide": dict(family="mixture+local-mixture", parts=WIDE_PARTS),
+             "tempered": dict(family="mixture+local-mixture", parts=TEMPERED_PARTS),
+             "block": dict(family="mixture+local-mixture", parts=BLOCK_PARTS)},
 }
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
@@ -127,7 +128,9 @@ if __name__ == "__main__":
                     help="with --els-calibrate: only the calibrated ELS rows, not the one with the MNIST schedule")
     ap.add_argument("--only", nargs="*", default=None, help="only the machines whose family is one of these")
     ap.add_argument("--rows", nargs="*", default=None,
-                    help="only the machines with these row names (as in the matrix), e.g. local-mixture-pixel-K16-r2-border4")
+                    help="only the machines with these row names (as in the matrix, e.g. local-mixture-pixel-K16-r2-border4)"
+                         " or aliases: joined, scheduled@NET, scheduled-border@NET, wide@NET, tempered@NET, block@NET "
+                         "(CALIBRATED), own-WHICH@NET (--own-samples, --own-parts)")
     ap.add_argument("--no-calibrated", action="store_true", help="drop the machines calibrated to a network")
     ap.add_argument("--calibrate", nargs="*", default=None,
                     help="the networks (checkpoint stems) to calibrate their architecture's machines (CALIBRATED) against "
@@ -140,6 +143,11 @@ if __name__ == "__main__":
     ap.add_argument("--keep-partial", action="store_true",
                     help="keep OUT/.partial after the run, so that a rerun with one more row or network computes "
                          "only that one")
+    ap.add_argument("--handover", type=int, default=0, metavar="N",
+                    help="also hand each network's sampling path to its best machine and the other networks at "
+                         "each sigma and back, on N samples (analysis.handover; handover.png)")
+    ap.add_argument("--handover-nets", nargs="+", default=None, metavar="NET",
+                    help="with --handover: only for these networks (checkpoint stems; default: every one)")
     ap.add_argument("-o", "--output", default=None)
     args = ap.parse_args()
     arch = {Path(p).stem: architecture(load_network(p)) for p in args.nets}
@@ -147,21 +155,31 @@ if __name__ == "__main__":
     if unknown:
         ap.error(f"--calibrate names networks not among --nets: {', '.join(sorted(unknown))}")
     targets = [] if args.no_calibrated else [n for n in arch if args.calibrate is None or n in args.calibrate]
-    configs = [*MACHINES, *(dict(c, calibrate_to=n) for n in targets for c in CALIBRATED[arch[n]])]
+    # every row by its full name (the matrix's) and a short alias: the calibrated and own-sample rows'
+    # full names list every part (hundreds of characters)
+    configs = [*MACHINES]
+    aliases = {"joined": next(c for c in MACHINES if c == dict(family="mixture+local-mixture"))}
+    for n in targets:
+        for short, c in CALIBRATED[arch[n]].items():
+            configs.append(aliases.setdefault(f"{short}@{n}", dict(c, calibrate_to=n)))
     for spec in args.own_samples:
         net, _, path = spec.partition("=")
         if net not in arch or not Path(path).is_file():
             ap.error(f"--own-samples takes NET=NPZ with NET among --nets ({', '.join(arch)}) and an existing NPZ, "
                      f"got {spec!r}")
-        configs += [dict(family="mixture+local-mixture", parts=own_sample_parts(path, arch[net], which),
-                         calibrate_to=net) for which in args.own_parts]
+        for which in args.own_parts:
+            configs.append(aliases.setdefault(f"own-{which}@{net}", dict(
+                family="mixture+local-mixture", parts=own_sample_parts(path, arch[net], which), calibrate_to=net)))
     configs = [c for c in configs if args.only is None or c["family"] in args.only]
     if args.rows is not None:
         names = {config_name(c): c for c in configs}
+        names.update({a: c for a, c in aliases.items() if any(c is k for k in configs)})
         unknown = sorted(set(args.rows) - set(names))
         if unknown:
-            ap.error(f"--rows names no configured machine: {', '.join(unknown)} (have: {', '.join(names)})")
-        configs = [c for n, c in names.items() if n in args.rows]
+            have = [n for n in names if len(n) <= 80]  # the long joined names have aliases
+            ap.error(f"--rows names no configured machine: {', '.join(unknown)} (have: {', '.join(have)})")
+        chosen = [names[r] for r in args.rows]
+        configs = [c for c in configs if any(c is k for k in chosen)]
     els = []
     if args.els_train:
         base = {"train_subset": args.els_train, "max_shift": args.els_max_shift, "nearest_images": args.els_nearest}
@@ -172,4 +190,5 @@ if __name__ == "__main__":
             [dict(base, calibrate_to=n) for n in args.els_calibrate]
     out = args.output or "benchmarks/results/mimicry" + ("" if args.data == "mnist" else f"-{args.data}")
     run_mimicry(configs, args.data, out, nets=args.nets, n_samples=args.samples, n_test=args.n_test,
-                els=els, keep_partial=args.keep_partial)
+                els=els, keep_partial=args.keep_partial, handover=args.handover,
+                handover_nets=args.handover_nets)

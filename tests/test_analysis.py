@@ -98,3 +98,58 @@ def test_block_edges_closed_forms():
     assert abs(block_edges(Blocks(2), x, (1.0,), block=4)["ratio"][0] - 3) < 0.1
     with pytest.raises(WavescoreError, match="block must"):
         block_edges(Identity(), x, (1.0,), block=5)
+
+
+class _DiagonalGaussian:
+    """The exact denoiser of N(0, diag(v)): v / (v + s^2) y per pixel; ``low`` below ``switch``."""
+
+    def __init__(self, v, low=None, switch=0.0):
+        self.v, self.low, self.switch, self.shape_ = v, low, switch, tuple(v.shape)
+
+    def denoise(self, y, s):
+        v = self.low if self.low is not None and s < self.switch else self.v
+        return v / (v + s**2) * y
+
+
+def test_handover_is_exact_where_the_two_models_agree():
+    from wavescore.analysis import handover
+    from wavescore.compare import sample_correlations
+    from wavescore.samplers import sample
+
+    gen = torch.Generator().manual_seed(0)
+    v = torch.rand(1, 8, 8, generator=gen, dtype=torch.float64) * 2 + 0.1
+    w = torch.rand(1, 8, 8, generator=gen, dtype=torch.float64) * 2 + 0.1
+    model = _DiagonalGaussian(v)
+    ref = _DiagonalGaussian(v, low=w, switch=1.0)  # the same model above sigma 1, another below
+    res = handover(model, ref, at=(20.0, 5.0, 1.5, 0.5, 0.1), n=64, steps=18, progress=False)
+    sig = np.asarray(res["sigmas"])
+    assert np.all(np.diff(sig) < 0) and len(sig) == 5
+    # the model alone is compare_models' protocol: the same noise, Heun, 18 steps
+    own = sample_correlations(sample(model, 64, steps=18, seed=0), sample(ref, 64, steps=18, seed=0))
+    assert abs(res["model_alone"]["median"] - float(np.median(own.numpy()))) < 1e-12
+    assert res["model_alone"]["median"] < 0.99  # the two really differ below sigma 1
+    # above sigma 1 the two models are one: the model's path there is the reference's, so handing
+    # it to the reference reproduces the reference's samples exactly; below, it does not
+    m_then_r = np.asarray([x["median"] for x in res["model_then_reference"]])
+    exact = sig >= 1.0
+    assert np.allclose(m_then_r[exact], 1.0, atol=1e-12) and (m_then_r[~exact] < 1 - 1e-6).all()
+    # the reference's path handed to the model: below sigma 1 the model differs, so r < 1 at every
+    # hand-over sigma, and it rises as less is left to the model
+    r_then_m = np.asarray([x["median"] for x in res["reference_then_model"]])
+    assert (r_then_m < 1 - 1e-6).all() and r_then_m[-1] > r_then_m[0]
+    # the same model on both sides: r = 1 everywhere
+    same = handover(model, model, at=(5.0, 0.5), n=16, progress=False)
+    assert all(abs(x["median"] - 1) < 1e-12 for k in ("reference_then_model", "model_then_reference")
+               for x in same[k])
+
+
+def test_handover_refuses_what_it_cannot_do():
+    from wavescore.analysis import handover
+
+    model = _DiagonalGaussian(torch.ones(1, 4, 4, dtype=torch.float64))
+    with pytest.raises(WavescoreError, match="sigma_max"):
+        handover(model, model, at=(80.0, 1000.0), n=4, progress=False)
+    with pytest.raises(WavescoreError, match="positive"):
+        handover(model, model, at=(0.0,), n=4, progress=False)
+    with pytest.raises(WavescoreError, match="shape"):
+        handover(object(), object(), n=4, progress=False)

@@ -393,3 +393,48 @@ def test_a_kept_partial_store_makes_one_more_row_cost_only_that_row(tmp_path, mo
     fresh = run_mimicry([*cfgs, extra], "digits", tmp_path / "fresh", **kw)
     assert more["r2"] == fresh["r2"] and more["samples"]["correlation"] == fresh["samples"]["correlation"]
     assert set(more["r2"]["tinycnn"]) == {*first["r2"]["tinycnn"], "local-mixture-pixel-K2-r1"}
+
+
+def test_mimicry_hands_each_network_path_to_its_best_machine_and_the_other_network(tmp_path, monkeypatch):
+    """run_mimicry(handover=n): for each network, analysis.handover with its best-matching machine
+    and with every other network, on the run's noise and steps (the machine alone is the matrix's
+    r); kept in the partial store, so a rerun fits and samples nothing."""
+    import json
+
+    import pytest
+
+    import wavescore.experiments as experiments
+    from wavescore._io import WavescoreError
+    from wavescore.datasets import load_dataset
+    from wavescore.experiments import run_mimicry
+    from wavescore.networks import train
+
+    x = load_dataset("digits", "train")
+    nets = []
+    for seed in (0, 1):
+        nets.append(str(tmp_path / f"cnn{seed}.pt"))
+        train("cnn", x[:64], epochs=1, out=nets[-1], arch_kwargs={"width": 8, "depth": 3}, seed=seed,
+              progress=False)
+    cfgs = [dict(family="gaussian"), dict(family="local-mixture", basis="pixel", components=4, radius=1)]
+    kw = dict(nets=nets, n_test=20, n_samples=8, steps=4, sigmas=(0.1, 1.0), progress=False, handover=8,
+              keep_partial=True)
+    res = run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
+    corr = res["samples"]["correlation"]
+    best = {ref: res["best_match"][ref]["by_samples"]["model"] for ref in ("cnn0", "cnn1")}
+    assert set(res["handover"]) == {f"{best['cnn0']} | cnn0", "cnn1 | cnn0", f"{best['cnn1']} | cnn1", "cnn0 | cnn1"}
+    for pair, h in res["handover"].items():
+        name, ref = pair.split(" | ")
+        assert h["steps"] == 4 and h["n"] == 8
+        assert abs(h["model_alone"]["median"] - corr[ref][name]["median"]) < 1e-12
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["handover"].keys() == res["handover"].keys()
+    assert (tmp_path / "out" / "handover.png").stat().st_size > 0
+    fits = []
+    real_fit = experiments.fit_models
+    monkeypatch.setattr(experiments, "fit_models", lambda *a, skip=(), **k: fits.append(len(a[0]) - len(skip))
+                        or real_fit(*a, skip=skip, **k))
+    again = run_mimicry(cfgs, "digits", tmp_path / "out", **kw)
+    assert fits == [0] and again["handover"] == res["handover"]
+    one = run_mimicry(cfgs, "digits", tmp_path / "out", **dict(kw, handover_nets=["cnn1"]))
+    assert set(one["handover"]) == {f"{best['cnn1']} | cnn1", "cnn0 | cnn1"}
+    with pytest.raises(WavescoreError, match="handover_nets names no network: unet"):
+        run_mimicry(cfgs, "digits", tmp_path / "out", **dict(kw, handover_nets=["unet"]))

@@ -12,17 +12,21 @@
   filters themselves.
 - :func:`hedging` and :func:`block_edges`: two biases of a network read off its denoiser, how
   decisively it chooses between digits and how blocky it is on a patch grid.
+- :func:`handover`: where along the sampling path a model's final samples part from a
+  network's, by handing the trajectory from one to the other at each noise level.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from math import factorial
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ._io import WavescoreError
+from . import _checks as checks
+from ._io import WavescoreError, progress_bar
 from .denoiser import Denoiser
 from .evaluation import noise_for
 
@@ -427,3 +431,81 @@ def block_edges(model, x: torch.Tensor, sigmas: Sequence[float], *, block: int =
         ratios.append(float(across / within) if within > 0 else float("inf"))
         profiles.append((prof / prof.mean()).tolist())
     return {"sigmas": [float(s) for s in sigmas], "block": block, "ratio": ratios, "columns": profiles}
+
+
+HANDOVER_AT = (40.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.05)
+
+
+def handover(model, reference, *, at: Sequence[float] = HANDOVER_AT, n: int = 100, steps: int = 18, seed: int = 0,
+             shape=None, progress: bool = True) -> dict:
+    """Where along the sampling path ``model``'s final samples part from ``reference``'s.
+
+    Both run Heun on ``samplers.edm_sigmas(steps)`` from the same initial noise (seed ``seed``, as
+    ``samplers.sample`` and ``compare.compare_models`` draw it). At the grid sigma nearest each of
+    ``at``, the trajectory changes hands: "reference_then_model" runs the reference down to that
+    sigma and the model below it, so its final-sample r against the reference's own samples is what
+    the model's steps below that sigma keep; "model_then_reference" runs the model above and the
+    reference below, what the model's steps above that sigma keep. The first is 1 and the second
+    the model's own r where nothing is handed over (sigma 0); the reverse at sigma_max. Where the
+    first falls is where the model's low-noise steps lose the network; where the second rises
+    (going down in sigma) is where its high-noise steps do. Returns {"sigmas" (the grid sigmas
+    handed over at, decreasing), "model_alone": summarize_r, "reference_then_model": [summarize_r
+    per sigma], "model_then_reference": [...], "n", "steps", "seed"}."""
+    from .compare import sample_correlations, summarize_r
+    from .samplers import _heun_step, edm_sigmas, heun
+
+    n, steps, seed = checks.whole("n", n, 1), checks.whole("steps", steps, 2), checks.whole("seed", seed, 0)
+    shape = tuple(shape or getattr(model, "shape_", ()) or getattr(reference, "shape_", ()) or ())
+    if len(shape) != 3:
+        raise WavescoreError("give the image shape (C, H, W): neither model knows it")
+    if not at or any(not (float(s) > 0) for s in at):
+        raise WavescoreError(f"at must be positive noise levels, got {at!r}")
+    sigmas = edm_sigmas(steps)
+    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grid = sigmas[:-1].log()
+    # index 0 (sigma_max) would hand over nothing: the model alone, reported once
+    idx = sorted({int((grid - math.log(float(s))).abs().argmin()) for s in at} - {0})
+    if not idx:
+        raise WavescoreError(f"at={list(at)} are all nearest sigma_max = {float(sigmas[0])}: give lower noise levels")
+
+    def path(m):  # every state of m's trajectory, x_i at sigmas[i]
+        xs = [noise * sigmas[0]]
+        for i in progress_bar(range(steps), desc="handover path", enabled=progress, leave=False):
+            xs.append(_heun_step(m, xs[-1], sigmas[i], sigmas[i + 1]))
+        return xs
+
+    ref_path, own_path = path(reference), path(model)
+    final = ref_path[-1]
+
+    def r(x):
+        return summarize_r(sample_correlations(x, final))
+
+    ref_then, own_then = [], []
+    for i in progress_bar(idx, desc="handover", enabled=progress, leave=False):
+        ref_then.append(r(heun(model, ref_path[i], sigmas[i:])))
+        own_then.append(r(heun(reference, own_path[i], sigmas[i:])))
+    return {"sigmas": [float(sigmas[i]) for i in idx], "model_alone": r(own_path[-1]),
+            "reference_then_model": ref_then, "model_then_reference": own_then, "n": n, "steps": steps,
+            "seed": seed}
+
+
+def plot_handover(results: Mapping[str, dict], path, title: str = "") -> None:
+    """One panel per (model, reference) pair: median final-sample r (and quartiles) against the
+    hand-over sigma, for both directions of :func:`handover`."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.6), squeeze=False)
+    for ax, (label, res) in zip(axes[0], results.items()):
+        s = res["sigmas"]
+        for key, text, color in (("reference_then_model", "network above, machine below", "C0"),
+                                 ("model_then_reference", "machine above, network below", "C1")):
+            med = [v["median"] for v in res[key]]
+            ax.fill_between(s, [v["q25"] for v in res[key]], [v["q75"] for v in res[key]], color=color, alpha=0.2)
+            ax.plot(s, med, "o-", color=color, label=text)
+        ax.axhline(res["model_alone"]["median"], color="k", ls=":", lw=1, label="machine alone")
+        ax.set_xscale("log")
+        ax.set_xlabel("hand-over sigma")
+        ax.set_ylabel("median final-sample r vs network")
+        ax.set_title(label, fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "Where the final samples part from the network's", fontsize=9)
+    _save(fig, path)

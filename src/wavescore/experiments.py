@@ -320,7 +320,8 @@ def samples_table(result: dict) -> str:
 def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Sequence[str] = (),
                 els: dict | Sequence[dict] | None = None, n_test: int = 500, n_samples: int = 200, steps: int = 18,
                 sigmas=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, calibration_images: int = 16,
-                progress: bool = True, keep_partial: bool = False) -> dict:
+                progress: bool = True, keep_partial: bool = False, handover: int = 0,
+                handover_nets: Sequence[str] | None = None) -> dict:
     """The machine x network matrix (issue 16): fit every configuration on ``data``'s training
     split, load every network checkpoint in ``nets`` (the references), optionally add ELS
     (``els``: ELSDenoiser options, e.g. ``{"train_subset": 10000}``, or a list of them) as
@@ -340,7 +341,13 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     written, unless ``keep_partial``: then a later run into the same ``out`` with one more
     configuration or network fits, computes and samples only that one (the networks' outputs and
     samples are keyed by their checkpoints' hashes). Delete the folder to recompute everything (e.g.
-    after changing a machine's code)."""
+    after changing a machine's code).
+
+    ``handover``: with n > 0, also hand each network's sampling path to its best-matching machine
+    (by median r) and to every other network at each noise level and back, on n samples
+    (analysis.handover): where along the path the final samples part; only for the networks named
+    in ``handover_nets`` (checkpoint stems) if given. Written as compare.json's "handover" and
+    handover.png; a machine the partial store had skipped is fitted for it."""
     import shutil
 
     from ._io import sha256_file
@@ -359,6 +366,10 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
             raise WavescoreError(f"two network checkpoints are named {name!r}: rename one")
         nets_by_name[name] = load_network(path)
     net_hash = {Path(p).stem: sha256_file(p) for p in nets}
+    unknown = set(handover_nets or ()) - set(nets_by_name)
+    if unknown:  # before the fits, not after them
+        raise WavescoreError(f"handover_nets names no network: {', '.join(sorted(unknown))} "
+                             f"(have: {', '.join(nets_by_name)})")
 
     def key(options) -> str:  # what identifies a fitted model for the partial store
         ref = options.get("calibrate_to")
@@ -425,11 +436,41 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
     result = compare_models(models, refs, train[:n_test], test, sigmas, seed=seed, n_samples=n_samples,
                             steps=steps, kinds=kinds, progress=progress, cache=partial, keys=keys)
     finals = result.pop("_finals", None)
+    if handover:
+        result["handover"] = _handovers(result, models, configs, train, nets_by_name, keys, store, handover,
+                                        steps, progress, handover_nets)
     schedules = {n: models[n].patch_size.to_dict() for n in els_kinds if hasattr(models[n].patch_size, "to_dict")}
     result.update(data=data, command=" ".join(["python"] + sys.argv), configs=list(configs),
                   els=[{k: str(v) for k, v in o.items()} for o in els], els_schedules=schedules,
                   joined_weights=joined, nets=list(nets), fit_seconds=fit_seconds)
     write_outputs(result, finals, out)
+    if result.get("handover"):
+        from .analysis import plot_handover
+
+        plot_handover(result["handover"], Path(out) / "handover.png")
     if not keep_partial:
         shutil.rmtree(partial, ignore_errors=True)
     return result
+
+
+def _handovers(result: dict, models: dict, configs, train, nets: Mapping, keys: Mapping, store, n: int,
+               steps: int, progress: bool, only=None) -> dict:
+    """``{"MODEL | NET": analysis.handover(MODEL, NET)}`` for every network NET and its best-matching
+    machine by median r, and every other network (the ceiling's path); each kept in the partial store."""
+    from .analysis import handover
+
+    out = {}
+    for ref in [r for r in nets if only is None or r in only]:
+        best = (result["best_match"].get(ref) or {}).get("by_samples")
+        for name in ([best["model"]] if best else []) + [o for o in nets if o != ref]:
+            key = json.dumps([keys.get(name), keys.get(ref), n, steps])
+            got = store.load(f"{name} | {ref}", key, "handover")
+            if got is None:
+                if isinstance(models[name], _Finished):  # skipped by a resumed run: fit it now
+                    cfg = next(c for c in configs if config_name(c) == name)
+                    models[name] = fit_models([cfg], train, progress=progress, references=nets)[0][name]
+                got = handover(models[name], nets[ref], n=n, steps=steps, shape=tuple(train.shape[1:]),
+                               progress=progress)
+                store.save(f"{name} | {ref}", key, "handover", got)
+            out[f"{name} | {ref}"] = got
+    return out
