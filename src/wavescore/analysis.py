@@ -489,23 +489,34 @@ def handover(model, reference, *, at: Sequence[float] = HANDOVER_AT, n: int = 10
             "seed": seed}
 
 
+def _short_name(name: str) -> str:
+    """A joined machine's name lists every part (hundreds of characters); a title keeps how many
+    of them were fitted on other images and what it is calibrated to."""
+    if not name.startswith("joined("):
+        return name
+    inner, _, rest = name[len("joined("):].rpartition(")")
+    own = inner.count("@")
+    return f"joined(...{f'; {own} parts on other images' if own else ''}){rest}"
+
+
 def plot_handover(results: Mapping[str, dict], path, title: str = "") -> None:
     """One panel per (model, reference) pair: median final-sample r (and quartiles) against the
     hand-over sigma, for both directions of :func:`handover`."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.6), squeeze=False, sharey=True)
     for ax, (label, res) in zip(axes[0], results.items()):
+        model, _, ref = label.rpartition(" | ")
         s = res["sigmas"]
-        for key, text, color in (("reference_then_model", "network above, machine below", "C0"),
-                                 ("model_then_reference", "machine above, network below", "C1")):
+        for key, text, color in (("reference_then_model", f"{ref} above, model below", "C0"),
+                                 ("model_then_reference", f"model above, {ref} below", "C1")):
             med = [v["median"] for v in res[key]]
             ax.fill_between(s, [v["q25"] for v in res[key]], [v["q75"] for v in res[key]], color=color, alpha=0.2)
             ax.plot(s, med, "o-", color=color, label=text)
-        ax.axhline(res["model_alone"]["median"], color="k", ls=":", lw=1, label="machine alone")
+        ax.axhline(res["model_alone"]["median"], color="k", ls=":", lw=1, label="model alone")
         ax.set_xscale("log")
         ax.set_xlabel("hand-over sigma")
-        ax.set_ylabel("median final-sample r vs network")
-        ax.set_title(label, fontsize=8)
+        ax.set_ylabel(f"median final-sample r vs {ref}")
+        ax.set_title(f"model: {_short_name(model)}", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(title or "Where the final samples part from the network's", fontsize=9)
     _save(fig, path)
