@@ -466,11 +466,15 @@ def _handovers(result: dict, models: dict, configs, train, nets: Mapping, keys: 
             key = json.dumps([keys.get(name), keys.get(ref), n, steps])
             got = store.load(f"{name} | {ref}", key, "handover")
             if got is None:
+                refit = None
                 if isinstance(models[name], _Finished):  # skipped by a resumed run: fit it now
                     cfg = next(c for c in configs if config_name(c) == name)
-                    models[name] = fit_models([cfg], train, progress=progress, references=nets)[0][name]
+                    fitted, secs = fit_models([cfg], train, progress=progress, references=nets)
+                    models[name], refit = fitted[name], secs[name]
+                t0 = time.perf_counter()
                 got = handover(models[name], nets[ref], n=n, steps=steps, shape=tuple(train.shape[1:]),
                                progress=progress)
+                got.update(seconds=time.perf_counter() - t0, refit_seconds=refit)
                 store.save(f"{name} | {ref}", key, "handover", got)
             out[f"{name} | {ref}"] = got
     return out
