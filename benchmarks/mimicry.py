@@ -72,7 +72,7 @@ CALIBRATED = {
 CALIBRATED["transformer"] = CALIBRATED["unet"]
 
 
-OWN_PARTS = ("mixtures", "densities", "more", "all")
+OWN_PARTS = ("mixtures", "densities", "more", "all", "patches")
 
 
 def own_sample_parts(path: str, arch: str = "unet", which: str = "mixtures") -> list[dict]:
@@ -85,7 +85,10 @@ def own_sample_parts(path: str, arch: str = "unet", which: str = "mixtures") -> 
     - "densities": also the tempered K = 100 mixture (T = 2) and the 3x3 local mixture, so that the
       network's own textures compete at low and middle sigma too;
     - "more": "densities" plus a K = 300 mixture and the 5x5 local mixture (K = 16);
-    - "all": "densities" plus, for the transformer, the block-local cubic parts.
+    - "all": "densities" plus, for the transformer, the block-local cubic parts;
+    - "patches": "densities" plus 5x5 and 7x7 local mixtures (K = 64) of the data and the 5x5 one
+      of the samples: handing the sampling path over (analysis.handover) puts what the machine
+      loses at sigma 0.1-2, where only 3x3 patches served.
 
     Every "densities" part is a Gaussian mixture, whose denoiser stays bounded; the cubic parts
     fitted on a transformer's samples sent 86 of 200 final samples beyond ±10 (docs/results.md,
@@ -103,7 +106,12 @@ def own_sample_parts(path: str, arch: str = "unet", which: str = "mixtures") -> 
                                                                radius=2)]
     if which == "all" and arch == "transformer":
         own += BLOCK_PARTS[-2:]
-    return [*base, *(dict(p, data=path) for p in own)]
+    wider = []
+    if which == "patches":
+        patch = dict(family="local-mixture", basis="pixel", components=64, shrinkage=1e-6)
+        wider = [dict(patch, radius=2), dict(patch, radius=3)]
+        own.append(dict(patch, radius=2))
+    return [*base, *wider, *(dict(p, data=path) for p in own)]
 
 
 def architecture(net) -> str:
