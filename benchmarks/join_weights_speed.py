@@ -13,16 +13,12 @@ benchmarks/results/join_weights_speed.{json,md}; the machine and thread count in
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from wavescore._io import write_bytes_atomic, write_json
 from wavescore.joined import combination_weights
-from wavescore.profiling import machine_description
+from wavescore.profiling import interleaved, write_timings
 
 PARTS = [4, 8, 12, 14, 16]
 
@@ -58,26 +54,18 @@ def main() -> None:
         r = rng.normal(size=(args.bands, 1, 2000)) + rng.normal(size=(args.bands, P, 2000)) * rng.uniform(
             0.1, 2.0, size=(args.bands, P, 1))
         G = torch.from_numpy(np.einsum("bin,bjn->bij", r, r))
-        times = {"every face": [], "active set": []}
-        for _ in range(args.repeats):
-            t = time.perf_counter(); a = every_face(G); times["every face"].append(time.perf_counter() - t)
-            t = time.perf_counter(); b = combination_weights(G); times["active set"].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med, times, got = interleaved({"every face": lambda: every_face(G), "active set": lambda: combination_weights(G)},
+                                      args.repeats)
+        a, b = got["every face"], got["active set"]
         rows.append({"parts": P, "bands": args.bands, "seconds": med, "all_seconds": times,
                      "speedup": med["every face"] / med["active set"], "max_weight_diff": float((a - b).abs().max()),
                      "mean_support": float((b > 0).sum(-1).double().mean())})
         print(P, {k: round(v, 4) for k, v in med.items()}, f"x{rows[-1]['speedup']:.0f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), {"command": "python benchmarks/join_weights_speed.py", "args": vars(args),
-                                          "machine": machine_description(), "threads": torch.get_num_threads(),
-                                          "rows": rows})
-    lines = [f"Convex join weights for {args.bands} bands at one sigma, medians of {args.repeats}", "",
-             "| parts P | every face (s) | active set (s) | speed-up | max weight diff | mean support |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['parts']} | {r['seconds']['every face']:.3f} | {r['seconds']['active set']:.4f} | "
-              f"{r['speedup']:.0f}x | {r['max_weight_diff']:.1e} | {r['mean_support']:.1f} |" for r in rows]
-    write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    write_timings(args.out, rows, f"Convex join weights for {args.bands} bands at one sigma, medians of {args.repeats}",
+                  [("parts P", lambda r: str(r["parts"])), ("every face (s)", lambda r: f"{r['seconds']['every face']:.3f}"),
+                   ("active set (s)", lambda r: f"{r['seconds']['active set']:.4f}"),
+                   ("speed-up", lambda r: f"{r['speedup']:.0f}x"), ("max weight diff", lambda r: f"{r['max_weight_diff']:.1e}"),
+                   ("mean support", lambda r: f"{r['mean_support']:.1f}")], args=vars(args))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,14 @@ benchmarks/results/local_score_speed.{json,md}; the machine and thread count in 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from wavescore._io import write_bytes_atomic, write_json
 from wavescore.datasets import load_dataset
 from wavescore.evaluation import noise_for
 from wavescore.local_mixture import _CHUNK, LocalMixtureMachine, centre_score
 from wavescore.mixture import gmm_score
-from wavescore.profiling import machine_description
+from wavescore.profiling import interleaved, write_timings
 
 # (components K, radius r): the joined machine's part (K = 64, 3x3) and the scheduled machine's radii
 CONFIGS = [(64, 1), (16, 2), (32, 3)]
@@ -52,26 +48,20 @@ def main() -> None:
         g, p = m.groups_[0], m.params_[0]
         d = p[1].shape[2]
         y = m.transform_.forward(y_img)[:, torch.from_numpy(g.nbr)].reshape(1, -1, d)
-        times = {"projections": [], "quadratic form": []}
-        for _ in range(args.repeats):
-            t = time.perf_counter(); a = projections(y, p, args.sigma**2); times["projections"].append(time.perf_counter() - t)
-            t = time.perf_counter(); b = centre_score(y, p, args.sigma**2); times["quadratic form"].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med, times, got = interleaved({"projections": lambda: projections(y, p, args.sigma**2),
+                                       "quadratic form": lambda: centre_score(y, p, args.sigma**2)}, args.repeats)
+        a, b = got["projections"], got["quadratic form"]
         rows.append({"components": K, "radius": r, "patch": f"{2 * r + 1}x{2 * r + 1}", "patches": int(y.shape[1]),
                      "seconds": med, "all_seconds": times, "speedup": med["projections"] / med["quadratic form"],
                      "max_rel_diff": float((a - b).abs().max() / a.abs().max())})
         print(rows[-1]["patch"], f"K={K}", {k: round(v, 2) for k, v in med.items()}, f"x{rows[-1]['speedup']:.1f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out.with_suffix(".json"), {"command": "python benchmarks/local_score_speed.py", "args": vars(args),
-                                          "machine": machine_description(), "threads": torch.get_num_threads(),
-                                          "rows": rows})
-    lines = [f"Local mixture score, {rows[0]['patches']:,} patches (500 digits) at sigma {args.sigma}, medians of "
-             f"{args.repeats}", "", "| patch | K | projections (s) | quadratic form (s) | speed-up | max diff / max score |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['patch']} | {r['components']} | {r['seconds']['projections']:.2f} | "
-              f"{r['seconds']['quadratic form']:.2f} | {r['speedup']:.1f}x | {r['max_rel_diff']:.1e} |" for r in rows]
-    write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    write_timings(args.out, rows, f"Local mixture score, {rows[0]['patches']:,} patches (500 digits) at sigma "
+                  f"{args.sigma}, medians of {args.repeats}",
+                  [("patch", lambda r: r["patch"]), ("K", lambda r: str(r["components"])),
+                   ("projections (s)", lambda r: f"{r['seconds']['projections']:.2f}"),
+                   ("quadratic form (s)", lambda r: f"{r['seconds']['quadratic form']:.2f}"),
+                   ("speed-up", lambda r: f"{r['speedup']:.1f}x"),
+                   ("max diff / max score", lambda r: f"{r['max_rel_diff']:.1e}")], args=vars(args))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,37 @@ def machine_description() -> dict:
     }
 
 
+def interleaved(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Time each of ``fns`` (name -> callable of no arguments) ``repeats`` times, interleaved so
+    that drift hits all alike: ({name: median seconds}, {name: all seconds}, {name: last result})."""
+    times, out = {k: [] for k in fns}, {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}, times, out
+
+
+def write_timings(out, rows: list, title: str, columns: list, **meta) -> list[str]:
+    """A speed benchmark's record, atomically: ``out``.json (the command, the machine, ``meta``,
+    the rows) and ``out``.md, ``title`` over a table with one line per row and one column per
+    ``(header, row -> text)`` in ``columns``. Returns the markdown lines."""
+    from pathlib import Path
+
+    from ._io import write_bytes_atomic, write_json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), {"command": " ".join(["python"] + sys.argv), **meta,
+                                          "machine": machine_description(), "threads": torch.get_num_threads(),
+                                          "rows": rows})
+    lines = [title, "", "| " + " | ".join(h for h, _ in columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(fmt(r) for _, fmt in columns) + " |" for r in rows]
+    write_bytes_atomic(out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    return lines
+
+
 # ----------------------------------------------------------------------------- memory
 def _status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
