@@ -436,5 +436,7 @@ def test_mimicry_hands_each_network_path_to_its_best_machine_and_the_other_netwo
     assert fits == [0] and again["handover"] == res["handover"]
     one = run_mimicry(cfgs, "digits", tmp_path / "out", **dict(kw, handover_nets=["cnn1"]))
     assert set(one["handover"]) == {f"{best['cnn1']} | cnn1", "cnn0 | cnn1"}
+    with pytest.raises(WavescoreError, match="handover"):
+        run_mimicry(cfgs, "digits", tmp_path / "out", **dict(kw, handover=-1))
     with pytest.raises(WavescoreError, match="handover_nets names no network: unet"):
         run_mimicry(cfgs, "digits", tmp_path / "out", **dict(kw, handover_nets=["unet"]))

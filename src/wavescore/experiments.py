@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from . import _checks as checks
 from ._io import WavescoreError, write_bytes_atomic, write_json
 from .evaluation import DEFAULT_SIGMAS, evaluate_denoisers
 
@@ -366,6 +367,7 @@ def run_mimicry(configs: Sequence[dict], data: str, out: Path | str, *, nets: Se
             raise WavescoreError(f"two network checkpoints are named {name!r}: rename one")
         nets_by_name[name] = load_network(path)
     net_hash = {Path(p).stem: sha256_file(p) for p in nets}
+    handover = checks.whole("handover (samples to hand over)", handover, 0)
     unknown = set(handover_nets or ()) - set(nets_by_name)
     if unknown:  # before the fits, not after them
         raise WavescoreError(f"handover_nets names no network: {', '.join(sorted(unknown))} "
