@@ -452,7 +452,7 @@ def handover(model, reference, *, at: Sequence[float] = HANDOVER_AT, n: int = 10
     handed over at, decreasing), "model_alone": summarize_r, "reference_then_model": [summarize_r
     per sigma], "model_then_reference": [...], "n", "steps", "seed"}."""
     from .compare import sample_correlations, summarize_r
-    from .samplers import _heun_step, edm_sigmas, heun
+    from .samplers import _heun_step, edm_sigmas, heun, initial_noise
 
     n, steps, seed = checks.whole("n", n, 1), checks.whole("steps", steps, 2), checks.whole("seed", seed, 0)
     shape = tuple(shape or getattr(model, "shape_", ()) or getattr(reference, "shape_", ()) or ())
@@ -461,7 +461,7 @@ def handover(model, reference, *, at: Sequence[float] = HANDOVER_AT, n: int = 10
     if not at or any(not (float(s) > 0) for s in at):
         raise WavescoreError(f"at must be positive noise levels, got {at!r}")
     sigmas = edm_sigmas(steps)
-    noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    noise = initial_noise(n, shape, seed)
     grid = sigmas[:-1].log()
     # index 0 (sigma_max) would hand over nothing: the model alone, reported once
     idx = sorted({int((grid - math.log(float(s))).abs().argmin()) for s in at} - {0})

@@ -247,10 +247,10 @@ def compare_models(models: Mapping[str, object], references: Sequence[str], trai
                 score.append(r2((test_out[name][k] - xs) / s**2, (test_out[ref][k] - xs) / s**2))
             result["r2"][ref][name] = {"denoiser": den, "score": score}
     if n_samples:
-        from .samplers import sample
+        from .samplers import initial_noise, sample
 
         shape = tuple(test.shape[1:])
-        noise = torch.randn((n_samples, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        noise = initial_noise(n_samples, shape, seed)
         finals, diverged = {}, {}
         for name, m in progress_bar(models.items(), desc="sampling", enabled=progress, leave=False):
             got = store.load(name, keys.get(name), "samples") if store else None

@@ -315,10 +315,10 @@ class JoinedMachine(Estimator, WaveletScore, Denoiser):
                                for m in self.parts_])
             per_coef = torch.einsum("pnd,qnd->dpq", res, res)  # (D, P, P), not the (P, P, n, D) products
             G = torch.zeros(B, P, P, dtype=torch.float64).index_add_(0, band, per_coef)
-            for c in COMBINE:  # every rule's held-out error, from the same Gram matrices
-                wc = combination_weights(G, c)
+            by_rule = {c: combination_weights(G, c) for c in COMBINE}  # every rule, from the same Gram matrices
+            for c, wc in by_rule.items():
                 other[c][k] = float(torch.einsum("bi,bij,bj->", wc, G, wc)) / res[0].numel()
-            a = combination_weights(G, self.combine)  # (B, P)
+            a = by_rule[self.combine]  # (B, P)
             if not torch.isfinite(a).all():
                 raise WavescoreError(f"the joined machine's weights at sigma {s} are not finite: the parts' held-out "
                                      "residuals are degenerate; hold out more images")

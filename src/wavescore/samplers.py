@@ -25,6 +25,15 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rh
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
 
 
+def initial_noise(n: int, shape, generator) -> torch.Tensor:
+    """The standard normal (n, *shape) float64 noise every sampling run starts from (times
+    sigma_max), drawn on the CPU from ``generator`` or from a fresh one seeded with that int: the
+    same seed gives every model, and every comparison of models, the same noise."""
+    if isinstance(generator, int):
+        generator = torch.Generator().manual_seed(generator)
+    return torch.randn((n, *shape), generator=generator, dtype=torch.float64)
+
+
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise like ``x``, drawn from ``generator``'s device (CPU by default, so
     the same seed gives the same samples on every device), then moved to ``x``'s device."""
@@ -129,7 +138,7 @@ def sample(model, n: int, *, steps: int = 18, sampler: str | None = None, seed: 
         raise WavescoreError("give the image shape (C, H, W): this model does not know it")
     gen = torch.Generator().manual_seed(seed)
     sigmas = edm_sigmas(steps, sigma_min, sigma_max, rho)
-    z = noise if noise is not None else torch.randn((n, *shape), generator=gen, dtype=torch.float64)
+    z = noise if noise is not None else initial_noise(n, shape, gen)
     if device is None:
         device = getattr(model, "device", None) or "cpu"
         if not isinstance(device, (str, torch.device)):
